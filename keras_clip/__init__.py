@@ -1,0 +1,38 @@
+"""keras_clip: gradient clipping for Keras 3, configured in `compile()`.
+
+Example:
+
+```python
+import keras, keras_clip as kc
+
+model = kc.ClippingModel(inputs, outputs)
+model.compile(optimizer="adam", loss="mse", clipping=kc.ClipByGlobalNorm(1.0))
+model.fit(x, y)   # logs grad_norm, clipped_grad_norm, nonfinite_steps
+```
+"""
+
+from keras_clip import ops
+from keras_clip.strategies import ClipByGlobalNorm, ClipByNorm, ClipByValue, ClipStrategy, get
+from keras_clip.training import (
+    NONFINITE_POLICIES,
+    ClippingMixin,
+    ClippingModel,
+    ClippingSequential,
+    NonFiniteGradientError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NONFINITE_POLICIES",
+    "ClipByGlobalNorm",
+    "ClipByNorm",
+    "ClipByValue",
+    "ClipStrategy",
+    "ClippingMixin",
+    "ClippingModel",
+    "ClippingSequential",
+    "NonFiniteGradientError",
+    "get",
+    "ops",
+]

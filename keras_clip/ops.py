@@ -1,0 +1,221 @@
+"""Pure numerics for gradient clipping.
+
+Every function here takes and returns TensorFlow values, works eagerly, inside
+`tf.function` and under XLA, and accepts `tf.IndexedSlices` (the gradient of an
+`Embedding`) without turning it into a dense tensor. Norms are accumulated in
+float32 even for float16/bfloat16 gradients so that squares do not overflow.
+
+Example:
+
+```python
+import tensorflow as tf
+from keras_clip import ops
+
+g = [tf.constant([3.0, 4.0]), tf.constant([[12.0]])]
+ops.global_norm(g)                  # 13.0
+ops.scale(g[0], tf.constant(0.5))   # [1.5, 2.0]
+```
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import tensorflow as tf
+
+Gradient = Union[tf.Tensor, tf.IndexedSlices]
+NormType = Union[int, float, str]
+
+_NORM_TYPES = (1.0, 2.0, math.inf)
+
+
+def canonical_norm_type(norm_type: NormType, name: str = "norm_type") -> float:
+    """Validates a norm type and returns it as `1.0`, `2.0` or `math.inf`.
+
+    Args:
+        norm_type: Int, float or str. `1`, `2`, `"inf"` or `float("inf")`.
+        name: String. Argument name used in the error message.
+
+    Returns:
+        The norm type as a float.
+
+    Raises:
+        ValueError: If `norm_type` is not one of the supported norms.
+    """
+    value = norm_type
+    if isinstance(value, str):
+        value = math.inf if value.strip().lower() in ("inf", "infinity") else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        float(value) not in _NORM_TYPES
+    ):
+        raise ValueError(
+            f"`{name}` must be one of 1, 2 or 'inf' (float('inf') is accepted). "
+            f"Received: {name}={norm_type!r}"
+        )
+    return float(value)
+
+
+def values_of(grad: Gradient) -> tf.Tensor:
+    """Returns the tensor holding a gradient's numbers (`values` for slices)."""
+    return grad.values if isinstance(grad, tf.IndexedSlices) else grad
+
+
+def with_values(grad: Gradient, values: tf.Tensor) -> Gradient:
+    """Returns `grad` with its numbers replaced by `values` (same kind)."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+    return values
+
+
+def deduplicate(grad: Gradient) -> Gradient:
+    """Sums the rows of an `IndexedSlices` that share an index.
+
+    `tf.IndexedSlices` may list an index several times (a token seen twice in a
+    batch); its dense value is the sum of those rows, so norms and element-wise
+    clips must see the summed rows. Shapes stay static (sort + segment sum, no
+    `tf.unique`), so this compiles under XLA. Unused trailing rows are zero and
+    point at a valid index, which leaves the dense value unchanged. Dense
+    tensors are returned as they are.
+
+    Args:
+        grad: Tensor or IndexedSlices.
+
+    Returns:
+        A gradient with the same dense value and no repeated index.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    indices = grad.indices
+    count = tf.shape(indices)[0]
+    order = tf.argsort(indices, stable=True)
+    sorted_indices = tf.gather(indices, order)
+    is_new = tf.concat(
+        [tf.zeros([1], tf.int32), tf.cast(sorted_indices[1:] != sorted_indices[:-1], tf.int32)],
+        axis=0,
+    )[:count]
+    segment = tf.cumsum(is_new)
+    values = tf.math.unsorted_segment_sum(tf.gather(grad.values, order), segment, count)
+    first = tf.math.unsorted_segment_max(sorted_indices, segment, count)
+    used = tf.range(count) <= tf.reduce_max(segment)
+    fallback = tf.gather(sorted_indices, tf.zeros([count], tf.int32))
+    new_indices = tf.where(used, first, fallback)
+    return tf.IndexedSlices(values, new_indices, grad.dense_shape)
+
+
+def sum_of_squares(grad: Gradient) -> tf.Tensor:
+    """Squared L2 norm of one gradient, as a float32 scalar.
+
+    Args:
+        grad: Tensor or IndexedSlices (already deduplicated).
+    """
+    values = tf.cast(values_of(grad), tf.float32)
+    return tf.reduce_sum(tf.square(values))
+
+
+def norm(grad: Gradient, norm_type: float = 2.0) -> tf.Tensor:
+    """The 1-, 2- or inf-norm of one gradient as a flat vector (float32).
+
+    Args:
+        grad: Tensor or IndexedSlices (already deduplicated).
+        norm_type: Float. `1.0`, `2.0` or `math.inf`.
+    """
+    values = tf.abs(tf.cast(values_of(grad), tf.float32))
+    if norm_type == 1.0:
+        return tf.reduce_sum(values)
+    if norm_type == math.inf:
+        # The maximum with 0 turns the -inf of an empty tensor into 0.
+        return tf.maximum(tf.reduce_max(values), 0.0)
+    return tf.sqrt(tf.reduce_sum(tf.square(values)))
+
+
+def combine_norms(norms: Sequence[tf.Tensor], norm_type: float = 2.0) -> tf.Tensor:
+    """Combines per-tensor norms into the norm of all tensors as one vector.
+
+    Args:
+        norms: Sequence of float32 scalars, each a `norm(g, norm_type)`.
+        norm_type: Float. `1.0`, `2.0` or `math.inf`.
+    """
+    if not norms:
+        return tf.constant(0.0)
+    stacked = tf.stack(list(norms))
+    if norm_type == 1.0:
+        return tf.reduce_sum(stacked)
+    if norm_type == math.inf:
+        return tf.reduce_max(stacked)
+    return tf.sqrt(tf.reduce_sum(tf.square(stacked)))
+
+
+def global_norm(grads: Sequence[Gradient | None], norm_type: float = 2.0) -> tf.Tensor:
+    """Norm of all gradients concatenated into one vector; `None` is skipped.
+
+    Args:
+        grads: Sequence of Tensor, IndexedSlices or None.
+        norm_type: Float. `1.0`, `2.0` or `math.inf`.
+
+    Returns:
+        A float32 scalar.
+    """
+    present = [deduplicate(g) for g in grads if g is not None]
+    if norm_type == 2.0:
+        return tf.sqrt(tf.add_n([sum_of_squares(g) for g in present]) if present else 0.0)
+    return combine_norms([norm(g, norm_type) for g in present], norm_type)
+
+
+def clip_factor(current_norm: tf.Tensor, max_norm: tf.Tensor | float) -> tf.Tensor:
+    """The factor that brings `current_norm` down to `max_norm`, else 1.
+
+    Equals `max_norm / current_norm` when `current_norm > max_norm` and 1
+    otherwise (a zero or NaN norm gives 1, so nothing is divided by zero and a
+    NaN is left for the non-finite policy to see).
+
+    Args:
+        current_norm: Float32 scalar tensor.
+        max_norm: Float or float32 scalar tensor.
+    """
+    max_norm = tf.cast(max_norm, current_norm.dtype)
+    safe = tf.where(current_norm > max_norm, current_norm, tf.ones_like(current_norm))
+    return tf.where(current_norm > max_norm, max_norm / safe, tf.ones_like(current_norm))
+
+
+def scale(grad: Gradient, factor: tf.Tensor) -> Gradient:
+    """Multiplies a gradient by a scalar factor, keeping its kind and dtype."""
+    values = values_of(grad)
+    return with_values(grad, values * tf.cast(factor, values.dtype))
+
+
+def clip_values(grad: Gradient, clip_value: tf.Tensor | float) -> Gradient:
+    """Clips every entry of a gradient to `[-clip_value, clip_value]`.
+
+    Args:
+        grad: Tensor or IndexedSlices (deduplicate slices first).
+        clip_value: Positive float.
+    """
+    values = values_of(grad)
+    bound = tf.cast(clip_value, values.dtype)
+    return with_values(grad, tf.clip_by_value(values, -bound, bound))
+
+
+def zero_nonfinite(grad: Gradient) -> Gradient:
+    """Replaces NaN and +-inf entries of a gradient by zero."""
+    values = values_of(grad)
+    return with_values(grad, tf.where(tf.math.is_finite(values), values, tf.zeros_like(values)))
+
+
+def all_finite(grads: Sequence[Gradient | None]) -> tf.Tensor:
+    """True when no gradient holds a NaN or an infinity (a boolean scalar)."""
+    checks = [tf.reduce_all(tf.math.is_finite(values_of(g))) for g in grads if g is not None]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+def unitwise_norm(x: tf.Tensor) -> tf.Tensor:
+    """L2 norm of each output unit, broadcastable against `x` (float32).
+
+    A unit is one slice along the last axis for rank >= 2 (Dense `(in, out)`,
+    Conv `(*kernel, in, out)`); a tensor of rank <= 1 is a single unit.
+    """
+    x = tf.cast(x, tf.float32)
+    if x.shape.rank is not None and x.shape.rank <= 1:
+        return tf.sqrt(tf.reduce_sum(tf.square(x)))
+    axes = list(range(x.shape.rank - 1))
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=axes, keepdims=True))

@@ -1,0 +1,143 @@
+"""Clipping with a fixed threshold: by value, by norm, by global norm."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_clip import ops
+from keras_clip.strategies import _validation
+from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+
+
+def _norm_type_config(norm_type: float) -> int | str:
+    return "inf" if norm_type == math.inf else int(norm_type)
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ClipByValue(ClipStrategy):
+    """Clips every gradient entry to `[-clip_value, clip_value]`.
+
+    The cheapest clip, but it changes the gradient's direction whenever some
+    entries are clipped and others are not (Goodfellow et al., 2016).
+
+    Args:
+        clip_value: Float. Positive finite bound on each entry's magnitude.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="sgd", loss="mse", clipping=keras_clip.ClipByValue(1.0))
+    ```
+
+    References:
+        Goodfellow, Bengio, Courville. [Deep Learning, section 10.11.1](
+        https://www.deeplearningbook.org/contents/rnn.html), 2016.
+    """
+
+    def __init__(self, clip_value: float) -> None:
+        super().__init__()
+        self.clip_value = _validation.positive_finite("clip_value", clip_value)
+
+    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+        _, pre = l2_norms(grads)
+        clipped = [ops.clip_values(g, self.clip_value) for g in grads]
+        _, post = l2_norms(clipped)
+        return clipped, {"grad_norm": pre, "clipped_grad_norm": post}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"clip_value": self.clip_value}
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ClipByNorm(ClipStrategy):
+    """Rescales each variable's gradient on its own so its norm is <= `max_norm`.
+
+    For each gradient `g` with `n = ||g||` (1-, 2- or inf-norm), returns
+    `g * max_norm / n` when `n > max_norm`, else `g`. This is the optimizer's
+    `clipnorm` in Keras, applied after gradients are aggregated.
+
+    Args:
+        max_norm: Float. Positive finite bound on each gradient's norm.
+        norm_type: Int, float or str. `1`, `2` (default) or `"inf"`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss="mse", clipping=keras_clip.ClipByNorm(5.0))
+    ```
+
+    References:
+        Pascanu, Mikolov, Bengio. [On the difficulty of training recurrent
+        neural networks](https://arxiv.org/abs/1211.5063), 2013.
+    """
+
+    def __init__(self, max_norm: float, norm_type: int | float | str = 2) -> None:
+        super().__init__()
+        self.max_norm = _validation.positive_finite("max_norm", max_norm)
+        self.norm_type = ops.canonical_norm_type(norm_type)
+
+    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+        squares, pre = l2_norms(grads)
+        if self.norm_type == 2.0:
+            norms = [tf.sqrt(s) for s in squares]
+        else:
+            norms = [ops.norm(g, self.norm_type) for g in grads]
+        factors = [ops.clip_factor(n, self.max_norm) for n in norms]
+        clipped = [ops.scale(g, f) for g, f in zip(grads, factors)]
+        # Derived, not measured again: ||f g||^2 = f^2 ||g||^2.
+        post = tf.sqrt(tf.add_n([s * tf.square(f) for s, f in zip(squares, factors)])) if grads else pre
+        return clipped, {"grad_norm": pre, "clipped_grad_norm": post, "threshold": tf.constant(self.max_norm)}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm, "norm_type": _norm_type_config(self.norm_type)}
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ClipByGlobalNorm(ClipStrategy):
+    """Rescales all gradients together so their joint norm is <= `max_norm`.
+
+    With `n` the norm of all gradients concatenated into one vector, every
+    gradient is multiplied by `max_norm / n` when `n > max_norm`. The update's
+    direction is kept exactly; only its length is bounded. The recommended
+    default: the seed experiment converges best with it (DESIGN.md §2).
+
+    Args:
+        max_norm: Float. Positive finite bound on the global norm.
+        norm_type: Int, float or str. `1`, `2` (default) or `"inf"`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="sgd", loss="mse", clipping=keras_clip.ClipByGlobalNorm(1.0))
+    ```
+
+    References:
+        Pascanu, Mikolov, Bengio. [On the difficulty of training recurrent
+        neural networks](https://arxiv.org/abs/1211.5063), 2013.
+    """
+
+    def __init__(self, max_norm: float, norm_type: int | float | str = 2) -> None:
+        super().__init__()
+        self.max_norm = _validation.positive_finite("max_norm", max_norm)
+        self.norm_type = ops.canonical_norm_type(norm_type)
+
+    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+        _, pre = l2_norms(grads)
+        measured = pre if self.norm_type == 2.0 else ops.combine_norms(
+            [ops.norm(g, self.norm_type) for g in grads], self.norm_type
+        )
+        factor = ops.clip_factor(measured, self.max_norm)
+        clipped = [ops.scale(g, factor) for g in grads]
+        stats = {
+            "grad_norm": pre,
+            "clipped_grad_norm": pre * factor,
+            "threshold": tf.constant(self.max_norm),
+        }
+        return clipped, stats
+
+    def get_config(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm, "norm_type": _norm_type_config(self.norm_type)}

@@ -1,0 +1,74 @@
+"""`keras_clip.get`: strategies from None, names, dicts or instances."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+
+from keras_clip.strategies.base import ClipStrategy
+from keras_clip.strategies.fixed import ClipByGlobalNorm, ClipByNorm, ClipByValue
+
+# Short names build with threshold 1.0, the value the seed experiment uses.
+_SHORT_NAMES: dict[str, Callable[[], ClipStrategy]] = {
+    "value": lambda: ClipByValue(1.0),
+    "norm": lambda: ClipByNorm(1.0),
+    "global_norm": lambda: ClipByGlobalNorm(1.0),
+}
+_CLASS_NAMES: dict[str, Callable[[], ClipStrategy]] = {
+    "ClipByValue": lambda: ClipByValue(1.0),
+    "ClipByNorm": lambda: ClipByNorm(1.0),
+    "ClipByGlobalNorm": lambda: ClipByGlobalNorm(1.0),
+}
+
+
+def register_name(name: str, factory: Callable[[], ClipStrategy], *, short: bool = False) -> None:
+    """Makes `keras_clip.get(name)` build a strategy with `factory()`."""
+    (_SHORT_NAMES if short else _CLASS_NAMES)[name] = factory
+
+
+def get(identifier: Any) -> ClipStrategy | None:
+    """Returns a clipping strategy from an identifier.
+
+    Args:
+        identifier: None (no clipping), a `ClipStrategy` (returned as is), a
+            short name (`"value"`, `"norm"`, `"global_norm"`, threshold 1.0),
+            a class name (`"ClipByGlobalNorm"`, threshold 1.0), or a dict made
+            by `keras.saving.serialize_keras_object(strategy)`.
+
+    Returns:
+        A `ClipStrategy` or None.
+
+    Raises:
+        ValueError: For an unknown name or a dict that is not a strategy.
+        TypeError: For any other type.
+
+    Example:
+
+    ```python
+    keras_clip.get("global_norm")   # ClipByGlobalNorm(max_norm=1.0, norm_type=2)
+    ```
+    """
+    if identifier is None or isinstance(identifier, ClipStrategy):
+        return identifier
+    if isinstance(identifier, str):
+        factory = _SHORT_NAMES.get(identifier) or _CLASS_NAMES.get(identifier)
+        if factory is None:
+            valid = sorted(_SHORT_NAMES) + sorted(_CLASS_NAMES)
+            raise ValueError(
+                f"Unknown clipping strategy name. Valid names are {valid}. "
+                f"Received: clipping={identifier!r}"
+            )
+        return factory()
+    if isinstance(identifier, dict):
+        strategy = keras.saving.deserialize_keras_object(identifier)
+        if not isinstance(strategy, ClipStrategy):
+            raise ValueError(
+                "A clipping dict must describe a keras_clip strategy. "
+                f"Received: clipping={identifier!r}"
+            )
+        return strategy
+    raise TypeError(
+        "`clipping` must be None, a keras_clip strategy, a name or a serialized dict. "
+        f"Received: clipping={identifier!r} (of type {type(identifier).__name__})"
+    )

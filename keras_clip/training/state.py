@@ -1,0 +1,72 @@
+"""The clipping state a model carries: the strategy's variables and counters."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+from keras.src.saving.keras_saveable import KerasSaveable
+
+from keras_clip.strategies.base import ClipStrategy
+
+
+class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
+    """Holds the variables that clipping adds to a model.
+
+    It is neither a layer nor a weight of the model (so `model.weights` and
+    `model.summary()` are unchanged), yet `model.save()`, `load_model`,
+    `BackupAndRestore` and `tf.train.Checkpoint` all find it: Keras saving
+    walks attributes that are `KerasSaveable`, TF checkpoints follow
+    trackable attributes.
+
+    Args:
+        strategy: ClipStrategy or None. The strategy whose state to hold.
+    """
+
+    def __init__(self, strategy: ClipStrategy | None) -> None:
+        self._strategy = strategy
+        self.nonfinite_steps = keras.Variable(
+            0, dtype="int64", trainable=False, aggregation="only_first_replica", name="nonfinite_steps"
+        )
+        self.strategy_variables: list[keras.Variable] = []
+
+    @property
+    def strategy(self) -> ClipStrategy | None:
+        """The clipping strategy (None: monitoring only)."""
+        return self._strategy
+
+    @property
+    def built(self) -> bool:
+        """Whether the strategy has created its state."""
+        return self._strategy is None or self._strategy.built
+
+    def build(self, variables: Sequence[keras.Variable]) -> None:
+        """Creates the strategy's state for the model's trainable variables."""
+        if self._strategy is not None and not self._strategy.built:
+            self._strategy.build(list(variables))
+        self.strategy_variables = list(self._strategy.variables) if self._strategy else []
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """Every variable held: the counters, then the strategy's state."""
+        return [self.nonfinite_steps, *self.strategy_variables]
+
+    def _obj_type(self) -> str:
+        return "ClipState"
+
+    def save_own_variables(self, store: Any) -> None:
+        """Writes the variables into a Keras weights store."""
+        for i, variable in enumerate(self.variables):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store: Any) -> None:
+        """Reads the variables back from a Keras weights store."""
+        variables = self.variables
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                "The saved clipping state does not match this model's strategy: "
+                f"expected {len(variables)} variables, found {len(store.keys())}."
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
