@@ -46,12 +46,9 @@ def canonical_norm_type(norm_type: NormType, name: str = "norm_type") -> float:
     value = norm_type
     if isinstance(value, str):
         value = math.inf if value.strip().lower() in ("inf", "infinity") else value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        float(value) not in _NORM_TYPES
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (float(value) not in _NORM_TYPES):
         raise ValueError(
-            f"`{name}` must be one of 1, 2 or 'inf' (float('inf') is accepted). "
-            f"Received: {name}={norm_type!r}"
+            f"`{name}` must be one of 1, 2 or 'inf' (float('inf') is accepted). Received: {name}={norm_type!r}"
         )
     return float(value)
 

@@ -10,10 +10,7 @@ from typing import Any
 def number(name: str, value: Any) -> float:
     """Returns `value` as a float, or raises TypeError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(
-            f"`{name}` must be a number. "
-            f"Received: {name}={value!r} (of type {type(value).__name__})"
-        )
+        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r} (of type {type(value).__name__})")
     return float(value)
 
 
@@ -33,19 +30,14 @@ def in_range(name: str, value: Any, low: float, high: float, *, closed: str = "b
     if not (left and right and math.isfinite(result)):
         lo = "[" if closed in ("both", "left") else "("
         hi = "]" if closed in ("both", "right") else ")"
-        raise ValueError(
-            f"`{name}` must be in {lo}{low:g}, {high:g}{hi}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be in {lo}{low:g}, {high:g}{hi}. Received: {name}={value!r}")
     return result
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """An int >= `minimum` (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"`{name}` must be an integer. "
-            f"Received: {name}={value!r} (of type {type(value).__name__})"
-        )
+        raise TypeError(f"`{name}` must be an integer. Received: {name}={value!r} (of type {type(value).__name__})")
     if value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
     return value

@@ -88,9 +88,7 @@ class ClipStrategy:
             result[i] = g
         return result, stats
 
-    def _clip(
-        self, grads: list[ops.Gradient], variables: list[keras.Variable]
-    ) -> tuple[list[ops.Gradient], Stats]:
+    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:

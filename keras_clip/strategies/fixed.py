@@ -127,8 +127,10 @@ class ClipByGlobalNorm(ClipStrategy):
 
     def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
         _, pre = l2_norms(grads)
-        measured = pre if self.norm_type == 2.0 else ops.combine_norms(
-            [ops.norm(g, self.norm_type) for g in grads], self.norm_type
+        measured = (
+            pre
+            if self.norm_type == 2.0
+            else ops.combine_norms([ops.norm(g, self.norm_type) for g in grads], self.norm_type)
         )
         factor = ops.clip_factor(measured, self.max_norm)
         clipped = [ops.scale(g, factor) for g in grads]

@@ -186,6 +186,9 @@ class ClippingMixin:
         }
 
     def _apply(self, grads: list[Any], variables: list[keras.Variable], finite: tf.Tensor) -> None:
+        # Variables without a gradient (unused in the loss) are left out.
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
         optimizer = self.optimizer
         with update.apply_as_given(optimizer):
             if isinstance(optimizer, update.LossScaleOptimizer) or self.on_nonfinite in ("zero", "propagate"):

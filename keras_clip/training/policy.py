@@ -17,7 +17,6 @@ def validate_policy(on_nonfinite: object) -> str:
     """Returns the policy name or raises a ValueError listing the valid ones."""
     if not isinstance(on_nonfinite, str) or on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(
-            f"`on_nonfinite` must be one of {list(NONFINITE_POLICIES)}. "
-            f"Received: on_nonfinite={on_nonfinite!r}"
+            f"`on_nonfinite` must be one of {list(NONFINITE_POLICIES)}. Received: on_nonfinite={on_nonfinite!r}"
         )
     return on_nonfinite

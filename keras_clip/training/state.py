@@ -53,7 +53,8 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
         return [self.nonfinite_steps, *self.strategy_variables]
 
     def _obj_type(self) -> str:
-        return "ClipState"
+        # Keras saving only walks the kinds it knows; state is saved like a metric's.
+        return "Metric"
 
     def save_own_variables(self, store: Any) -> None:
         """Writes the variables into a Keras weights store."""
