@@ -13,7 +13,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 from keras_clip import ops
 from keras_clip.strategies import get as get_strategy
 from keras_clip.strategies.base import ClipStrategy, Stats
-from keras_clip.training import update
+from keras_clip.training import accumulation, update
 from keras_clip.training.policy import NonFiniteGradientError, validate_policy
 from keras_clip.training.state import ClipState
 
@@ -123,6 +123,10 @@ class ClippingMixin:
         """
         if getattr(self, "_clip_state", None) is not None:
             self._build_clip_state()
+        if self.optimizer is not None and not self.optimizer.built:
+            # The step reads the loss scale, which exists once the optimizer is built.
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         rebuilt = self.train_function is None or force
         result = super().make_train_function(force)
         if rebuilt and self.on_nonfinite == "raise":
@@ -167,15 +171,26 @@ class ClippingMixin:
         grads = update.all_reduce(grads)
         scale = update.loss_scale(self.optimizer)
         grads = update.rescale(grads, scale, divide=True)
-        finite = ops.all_finite(grads)
-        if self.on_nonfinite == "zero":
+        accumulating = accumulation.accumulation_steps(self.optimizer) is not None
+        # Under a loss scaler a non-finite gradient is an overflow: never zeroed, always skipped.
+        zeroing = self.on_nonfinite == "zero" and not isinstance(self.optimizer, update.LossScaleOptimizer)
+        finite = None
+        if zeroing or accumulating:
+            finite = ops.all_finite(grads)
+        if zeroing:
             grads = [None if g is None else ops.zero_nonfinite(g) for g in grads]
-        clipped, stats = self.clip_gradients(grads, variables)
-        if self.on_nonfinite != "zero":
-            finite = tf.logical_and(finite, tf.math.is_finite(stats["grad_norm"]))
+        if accumulating:
+            # The optimizer clips the averaged gradient on each real update.
+            clipped, stats = grads, None
+        else:
+            clipped, stats = self.clip_gradients(grads, variables)
+            if finite is None:
+                finite = tf.math.is_finite(stats["grad_norm"])
         counter = self._clip_state.nonfinite_steps
         counter.assign_add(tf.where(finite, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
         self._apply(update.rescale(clipped, scale, divide=False), variables, finite)
+        if stats is None:
+            stats = self._clip_state.update_stats()
         recorder = getattr(self, "_step_recorder", None)
         if recorder is not None:
             recorder.record({**stats, "nonfinite_steps": counter.value}, grads, variables)
@@ -190,6 +205,8 @@ class ClippingMixin:
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
         optimizer = self.optimizer
+        if accumulation.accumulation_steps(optimizer) is not None:
+            accumulation.install_clip_hook(self, variables)
         with update.apply_as_given(optimizer):
             if isinstance(optimizer, update.LossScaleOptimizer) or self.on_nonfinite in ("zero", "propagate"):
                 # A LossScaleOptimizer skips non-finite steps and halves its scale itself.

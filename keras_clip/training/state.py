@@ -29,6 +29,13 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
         self.nonfinite_steps = keras.Variable(
             0, dtype="int64", trainable=False, aggregation="only_first_replica", name="nonfinite_steps"
         )
+        # The norms of the last real update, for optimizers that accumulate gradients.
+        self.update_grad_norm = keras.Variable(
+            0.0, dtype="float32", trainable=False, aggregation="only_first_replica", name="update_grad_norm"
+        )
+        self.update_clipped_grad_norm = keras.Variable(
+            0.0, dtype="float32", trainable=False, aggregation="only_first_replica", name="update_clipped_grad_norm"
+        )
         self.strategy_variables: list[keras.Variable] = []
 
     @property
@@ -47,10 +54,19 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
             self._strategy.build(list(variables))
         self.strategy_variables = list(self._strategy.variables) if self._strategy else []
 
+    def store_update_stats(self, stats: dict[str, tf.Tensor]) -> None:
+        """Keeps the norms of a real update made inside the optimizer."""
+        self.update_grad_norm.assign(stats["grad_norm"])
+        self.update_clipped_grad_norm.assign(stats["clipped_grad_norm"])
+
+    def update_stats(self) -> dict[str, tf.Tensor]:
+        """The norms of the last real update (see `store_update_stats`)."""
+        return {"grad_norm": self.update_grad_norm.value, "clipped_grad_norm": self.update_clipped_grad_norm.value}
+
     @property
     def variables(self) -> list[keras.Variable]:
         """Every variable held: the counters, then the strategy's state."""
-        return [self.nonfinite_steps, *self.strategy_variables]
+        return [self.nonfinite_steps, self.update_grad_norm, self.update_clipped_grad_norm, *self.strategy_variables]
 
     def _obj_type(self) -> str:
         # Keras saving only walks the kinds it knows; state is saved like a metric's.

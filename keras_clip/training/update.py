@@ -9,6 +9,7 @@ optimizer a gradient it only has to apply.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import keras
@@ -58,20 +59,65 @@ def rescale(grads: Sequence[ops.Gradient | None], factor: Any, *, divide: bool) 
     return [None if g is None else ops.scale(g, factor) for g in grads]
 
 
+class _ReducedGradients:
+    """Counts the steps being traced whose gradients are already all-reduced.
+
+    MirroredStrategy traces each replica's step in its own thread, so the
+    switch is a counter under a lock, not a flag that one thread could clear
+    while another still needs it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+
+    @property
+    def active(self) -> bool:
+        return self._depth > 0
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        with self._lock:
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+
+
+_REDUCED = _ReducedGradients()
+
+
+def gradients_reduced() -> bool:
+    """True while a clipping model's step hands all-reduced gradients to an optimizer."""
+    return _REDUCED.active
+
+
+def _skip_reduction_when_reduced(optimizer: keras.optimizers.Optimizer) -> None:
+    if getattr(optimizer, "_keras_clip_wrapped", False):
+        return
+    original = optimizer._all_reduce_sum_gradients
+
+    def all_reduce_sum_gradients(grads_and_vars: Any) -> Any:
+        return list(grads_and_vars) if _REDUCED.active else original(grads_and_vars)
+
+    optimizer._all_reduce_sum_gradients = all_reduce_sum_gradients
+    optimizer._keras_clip_wrapped = True
+
+
 @contextlib.contextmanager
 def apply_as_given(optimizer: keras.optimizers.Optimizer) -> Iterator[None]:
     """While tracing, the optimizer applies gradients without all-reducing them.
 
     The model already summed the gradients across replicas; Keras's optimizer
-    would sum them again. The switch lives on the instance and only while the
-    step is traced, so the optimizer is untouched outside the model's step.
+    would sum them again. Outside the model's step the optimizer all-reduces
+    as usual, so it can still be shared with other code.
     """
     inner = optimizer.inner_optimizer if isinstance(optimizer, LossScaleOptimizer) else optimizer
-    inner._all_reduce_sum_gradients = list
-    try:
+    _skip_reduction_when_reduced(inner)
+    with _REDUCED.entered():
         yield
-    finally:
-        del inner._all_reduce_sum_gradients
 
 
 def run_if(pred: tf.Tensor, fn: Callable[..., None], args: tuple = ()) -> None:
