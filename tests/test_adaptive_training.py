@@ -1,0 +1,184 @@
+"""Adaptive strategies inside a model: save/load, checkpoints, the seed experiment."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_clip
+from keras_clip import AdaptiveGradClip, AutoClip, ByVariable, Chain, ClipByGlobalNorm, ClipByValue, ZClip
+
+# Every adaptive strategy, nested, with settings that make each clip on the tiny problem.
+STATEFUL = {
+    "chain": lambda: Chain(ClipByValue(500.0), AutoClip(20.0, history_size=8), ZClip(warmup_steps=3, max_norm=None)),
+    "by_variable": lambda: ByVariable(
+        {"hidden/*": AutoClip(20.0, history_size=8)},
+        default=Chain(AdaptiveGradClip(0.05, exclude=["head/bias"]), ZClip(warmup_steps=3)),
+    ),
+}
+
+
+def tiny_model(clipping, seed: int = 0) -> keras_clip.ClippingModel:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
+    model = keras_clip.ClippingModel(inputs, keras.layers.Dense(1, name="head")(hidden))
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="mse", clipping=clipping, jit_compile=True)
+    return model
+
+
+def fit(model, data, epochs: int, **kwargs):
+    return model.fit(*data, batch_size=16, epochs=epochs, shuffle=False, verbose=0, **kwargs)
+
+
+def assert_same_run(a, b):
+    """Bit-identical weights, optimizer variables and clipping state."""
+    for group in ("weights", "clipping_state"):
+        left = a.weights + a.optimizer.variables if group == "weights" else a.clipping.variables
+        right = b.weights + b.optimizer.variables if group == "weights" else b.clipping.variables
+        assert len(left) == len(right)
+        for u, v in zip(left, right):
+            np.testing.assert_array_equal(u.numpy(), v.numpy(), err_msg=f"{group}: {u.path}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_data):
+    """Each stateful strategy trained 4 epochs in one go."""
+    runs = {}
+    for name, make in STATEFUL.items():
+        model = tiny_model(make())
+        fit(model, small_data, 4)
+        runs[name] = model
+    return runs
+
+
+@pytest.mark.parametrize("name", list(STATEFUL))
+def test_save_load_restores_state_and_continues_bit_identically(name, small_data, uninterrupted, tmp_path):
+    model = tiny_model(STATEFUL[name]())
+    fit(model, small_data, 2)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.clipping.get_config() == model.clipping.get_config()
+    for saved, restored in zip(model.clipping.variables, loaded.clipping.variables):
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+    fit(loaded, small_data, 2)
+    assert_same_run(loaded, uninterrupted[name])
+
+
+def test_state_is_nontrivial_so_resume_tests_mean_something(uninterrupted):
+    chain = uninterrupted["chain"].clipping
+    history, count, z_count, _, z_var = (v.numpy() for v in chain.variables)
+    assert count == 16 and z_count == 16 and z_var > 0 and np.unique(history).size == 8
+
+
+def restore_ready(model) -> None:
+    """Creates optimizer and clipping state so a checkpoint restores into it."""
+    model.optimizer.build(model.trainable_variables)
+    model.make_train_function()
+
+
+@pytest.mark.parametrize("name", ["chain"])
+def test_tf_train_checkpoint_resume_is_bit_identical(name, small_data, uninterrupted, tmp_path):
+    model = tiny_model(STATEFUL[name]())
+    fit(model, small_data, 2)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    resumed = tiny_model(STATEFUL[name](), seed=7)
+    restore_ready(resumed)
+    tf.train.Checkpoint(model=resumed).restore(path).assert_consumed()
+    fit(resumed, small_data, 2)
+    assert_same_run(resumed, uninterrupted[name])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="training/state.py: ClipState sets strategy_variables = [] in __init__ and replaces the list in "
+    "build(), so TF's deferred restoration never reaches variables created after restore()",
+)
+def test_tf_train_checkpoint_restores_state_created_after_restore(small_data, uninterrupted, tmp_path):
+    model = tiny_model(STATEFUL["chain"]())
+    fit(model, small_data, 2)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    resumed = tiny_model(STATEFUL["chain"](), seed=7)
+    tf.train.Checkpoint(model=resumed).restore(path)
+    fit(resumed, small_data, 2)
+    assert_same_run(resumed, uninterrupted["chain"])
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resume_is_bit_identical(small_data, uninterrupted, tmp_path):
+    backup = str(tmp_path / "backup")
+    model = tiny_model(STATEFUL["by_variable"]())
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(model, small_data, 4, callbacks=[keras.callbacks.BackupAndRestore(backup), _Interrupt()])
+    resumed = tiny_model(STATEFUL["by_variable"](), seed=7)
+    fit(resumed, small_data, 4, callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert_same_run(resumed, uninterrupted["by_variable"])
+
+
+def test_unmatched_pattern_warns_once_when_the_model_builds_the_state(small_data):
+    model = tiny_model(AdaptiveGradClip(0.05, exclude=["classifier/*"]))
+    with pytest.warns(UserWarning, match="match no variable") as record:
+        model.make_train_function()  # Builds the clipping state.
+        fit(model, small_data, 1)
+    assert len([w for w in record if "match no variable" in str(w.message)]) == 1
+
+
+# The seed experiment (DESIGN.md §2). AGC needs a clipping factor: with SGD and
+# momentum 0.8 a clipped unit moves by at most lr * lambda / (1 - momentum) = 0.35 * lambda
+# of its weight norm per step. The weights must grow ~100x from their initialisation
+# to fit coefficients up to 100 in 400 steps: ln(100) / 400 ~ 1.2% per step, so
+# lambda >= 0.033; 0.05 leaves headroom (NFNets' 0.01 at batch 4096 moves 0.35% per step
+# and is still at loss ~2.6e4 after 50 epochs). This is a budget argument, not a norm tuned
+# to the gradients' scale.
+SEED_METHODS = {
+    "ClipByGlobalNorm(1.0)": lambda: ClipByGlobalNorm(1.0),
+    "AdaptiveGradClip(0.05)": lambda: AdaptiveGradClip(0.05),
+    "ZClip()": ZClip,
+    "AutoClip()": AutoClip,
+}
+
+
+@pytest.fixture(scope="module")
+def seed_losses(seed_data):
+    losses = {}
+    for name, make in SEED_METHODS.items():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((20,))
+        hidden = keras.layers.Dense(25, activation="relu")(inputs)
+        model = keras_clip.ClippingModel(inputs, keras.layers.Dense(1)(hidden))
+        model.compile(optimizer=keras.optimizers.SGD(0.07, momentum=0.8), loss="mse", clipping=make(), jit_compile=True)
+        # One repeated, reshuffled dataset: the same 8 batches of 128 per epoch as
+        # fit(x, y, batch_size=128), without rebuilding the input pipeline every epoch.
+        data = tf.data.Dataset.from_tensor_slices(seed_data).shuffle(1000, seed=0).batch(128).repeat()
+        history = model.fit(data, steps_per_epoch=8, epochs=50, shuffle=False, verbose=0).history
+        losses[name] = (np.array(history["loss"]), history["nonfinite_steps"][-1])
+    print("\nseed experiment, loss epoch 1 -> 50 (non-finite steps):")
+    for name, (loss, skipped) in losses.items():
+        print(f"  {name:24s} {loss[0]:10.4g} -> {loss[-1]:10.4g} ({skipped:g})")
+    return losses
+
+
+@pytest.mark.parametrize("name", list(SEED_METHODS))
+def test_seed_experiment_stays_finite(name, seed_losses):
+    # AutoClip only stays finite: its threshold is a percentile of the norms the run
+    # produces (the first step is never clipped), and at this learning rate even a fixed
+    # clip at the first step's norm (~375) does not learn. See the issue 5 report.
+    loss, skipped = seed_losses[name]
+    assert np.all(np.isfinite(loss)) and skipped == 0
+
+
+@pytest.mark.parametrize("name", ["ClipByGlobalNorm(1.0)", "AdaptiveGradClip(0.05)", "ZClip()"])
+def test_seed_experiment_converges(name, seed_losses):
+    loss, _ = seed_losses[name]
+    assert loss[-1] < 10.0 and loss[-1] < 1e-3 * loss[0]
+
+
+def test_zclip_defaults_act_as_their_max_norm_cap_on_the_seed_experiment(seed_losses):
+    # Every norm here is far above the default max_norm=1.0, so ZClip's cap decides
+    # every step and its losses are ClipByGlobalNorm(1.0)'s.
+    np.testing.assert_allclose(seed_losses["ZClip()"][0], seed_losses["ClipByGlobalNorm(1.0)"][0], rtol=1e-5)

@@ -1,0 +1,173 @@
+"""ZClip against a numpy re-implementation of the reference code (Kumar et al. 2025)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_clip
+from keras_clip import ZClip
+
+
+class ZClipReference:
+    """bluorion-com/ZClip, mode "zscore", clip_option "adaptive_scaling", in float64.
+
+    `step(n)` returns `(clipped norm, threshold stat)`; the threshold stat is the
+    largest norm left unclipped, the quantity keras_clip reports.
+    """
+
+    def __init__(self, alpha=0.97, z_threshold=2.5, warmup_steps=25, max_norm=1.0, eps=1e-6):
+        self.alpha, self.z, self.warmup, self.max_norm, self.eps = alpha, z_threshold, warmup_steps, max_norm, eps
+        self.buffer, self.mean, self.var = [], None, None
+
+    def step(self, n):
+        cap = math.inf if self.max_norm is None else self.max_norm
+        if self.mean is None:
+            self.buffer.append(n)
+            if len(self.buffer) >= self.warmup:
+                self.mean = sum(self.buffer) / len(self.buffer)
+                self.var = sum((x - self.mean) ** 2 for x in self.buffer) / len(self.buffer)
+            return min(n, cap), cap
+        std = self.var**0.5
+        z = (n - self.mean) / (std + self.eps)
+        clip_val = self.mean + self.z * std / (z / self.z) if z > self.z else None
+        effective = min(clip_val if clip_val is not None else n, cap)
+        bound = min(self.mean + self.z * (std + self.eps), cap)
+        x = clip_val if clip_val is not None else n
+        self.mean = self.alpha * self.mean + (1 - self.alpha) * x
+        self.var = self.alpha * self.var + (1 - self.alpha) * (x - self.mean) ** 2
+        return (effective if n > effective else n), bound
+
+
+def spiky_norms(steps: int = 200, seed: int = 0) -> np.ndarray:
+    """Noisy norms around a slowly rising level, with spikes x3 to x30."""
+    rng = np.random.default_rng(seed)
+    norms = np.linspace(2.0, 3.0, steps) + rng.normal(0.0, 0.2, steps)
+    spikes = rng.choice(np.arange(30, steps), size=steps // 12, replace=False)
+    norms[spikes] *= rng.choice([3.0, 10.0, 30.0], size=spikes.size)
+    return np.abs(norms).astype(np.float32)
+
+
+def run(strategy, norms, jit: bool):
+    rng = np.random.default_rng(1)
+    variables = [keras.Variable(np.zeros((4, 3), "float32")), keras.Variable(np.zeros(3, "float32"))]
+    direction = [rng.normal(size=(4, 3)), rng.normal(size=3)]
+    total = np.sqrt(sum(np.sum(d**2) for d in direction))
+    direction = [tf.constant(d / total, tf.float32) for d in direction]
+    step = tf.function(lambda g: strategy.clip(g, variables), jit_compile=True)
+    rows = []
+    for n in norms:
+        grads = [d * n for d in direction]
+        clipped, stats = step(grads) if jit else strategy.clip(grads, variables)
+        rows.append((float(stats["clipped_grad_norm"]), float(stats["threshold"]), float(stats["grad_norm"])))
+        ratio = rows[-1][0] / rows[-1][2]
+        np.testing.assert_allclose(clipped[1].numpy(), grads[1].numpy() * ratio, rtol=1e-4, atol=1e-6)
+    return np.array(rows)
+
+
+CASES = [
+    ({}, False),
+    ({"max_norm": None}, True),
+    ({"max_norm": 20.0, "warmup_steps": 10}, True),
+    ({"alpha": 0.9, "z_threshold": 1.5, "max_norm": None, "warmup_steps": 5}, False),
+    ({"alpha": 0.99, "z_threshold": 3.0, "max_norm": 8.0, "eps": 0.0}, True),
+]
+
+
+@pytest.mark.parametrize("kwargs, jit", CASES)
+def test_matches_reference_over_spiky_sequence(kwargs, jit):
+    norms = spiky_norms()
+    strategy = ZClip(**kwargs)
+    got = run(strategy, norms, jit)
+    reference = ZClipReference(**kwargs)
+    want = np.array([reference.step(float(n)) for n in norms])
+    np.testing.assert_allclose(got[:, 2], norms, rtol=1e-5)
+    np.testing.assert_allclose(got[:, 0], want[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(got[:, 1], want[:, 1], rtol=1e-4)
+    count, mean, var = (float(v.numpy()) for v in strategy.variables)
+    assert count == len(norms)
+    np.testing.assert_allclose(mean, reference.mean, rtol=1e-4)
+    # A small variance is (x - mean)^2 of nearby float32 numbers: compare it on the scale of mean^2.
+    np.testing.assert_allclose(var, reference.var, rtol=1e-4, atol=1e-6 * reference.mean**2)
+
+
+def test_spikes_after_warmup_are_clipped_and_threshold_separates_clipped_steps():
+    norms = spiky_norms()
+    got = run(ZClip(max_norm=None), norms, jit=False)
+    after = np.arange(len(norms)) >= 25
+    spikes = after & (norms > 5.0)
+    assert np.all(got[spikes, 0] < 0.5 * norms[spikes])
+    clipped = got[:, 0] < norms * (1 - 1e-6)
+    np.testing.assert_array_equal(clipped[after], norms[after] > got[after, 1])
+    assert clipped[after & (norms < 3.2)].mean() < 0.05
+
+
+def test_warmup_clips_only_to_max_norm():
+    norms = np.array([0.5, 4.0, 2.0], np.float32)
+    got = run(ZClip(warmup_steps=5, max_norm=1.0), norms, jit=False)
+    np.testing.assert_allclose(got[:, 0], [0.5, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(got[:, 1], [1.0, 1.0, 1.0])
+    got = run(ZClip(warmup_steps=5, max_norm=None), norms, jit=False)
+    np.testing.assert_allclose(got[:, 0], norms, rtol=1e-6)
+    assert np.all(np.isinf(got[:, 1]))
+
+
+def test_nonfinite_norm_changes_no_state():
+    strategy = ZClip(warmup_steps=2, max_norm=None)
+    run(strategy, np.array([1.0, 3.0, 2.0], np.float32), jit=False)
+    before = [v.numpy() for v in strategy.variables]
+    got = run(strategy, np.array([np.nan, np.inf], np.float32), jit=False)
+    assert np.isnan(got[0, 0])
+    for a, b in zip(before, strategy.variables):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_state_is_three_non_trainable_scalars():
+    strategy = ZClip()
+    run(strategy, np.array([1.0], np.float32), jit=False)
+    assert [(v.dtype, tuple(v.shape), v.trainable) for v in strategy.variables] == [
+        ("int64", (), False),
+        ("float32", (), False),
+        ("float32", (), False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"z_threshold": 0.0}, "z_threshold"),
+        ({"z_threshold": -2.0}, "z_threshold"),
+        ({"z_threshold": float("inf")}, "z_threshold"),
+        ({"warmup_steps": 0}, "warmup_steps"),
+        ({"max_norm": 0.0}, "max_norm"),
+        ({"eps": -1e-6}, "eps"),
+    ],
+)
+def test_bad_values_raise_value_error_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=rf"`{name}` must be .*Received: {name}={kwargs[name]!r}"):
+        ZClip(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"warmup_steps": 2.5}, {"alpha": "0.9"}, {"max_norm": "1"}])
+def test_bad_types_raise_type_error(kwargs):
+    with pytest.raises(TypeError):
+        ZClip(**kwargs)
+
+
+@pytest.mark.parametrize("strategy", [ZClip(), ZClip(0.9, 3.0, 10, None, 1e-8)])
+def test_config_round_trip(strategy):
+    config = keras.saving.serialize_keras_object(strategy)
+    restored = keras.saving.deserialize_keras_object(config)
+    assert isinstance(restored, ZClip)
+    assert restored.get_config() == strategy.get_config()
+    assert keras_clip.get(config).get_config() == strategy.get_config()
+
+
+@pytest.mark.parametrize("name", ["ZClip", "zclip"])
+def test_get_by_name(name):
+    assert keras_clip.get(name).get_config() == ZClip().get_config()
