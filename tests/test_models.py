@@ -43,6 +43,11 @@ def test_mixin_subclass_with_unused_variable(small_data, jit):
         np.testing.assert_array_equal(a, b)
 
 
+def test_run_eagerly(small_data):
+    history = _fit(mlp(), small_data, clipping=kc.ClipByGlobalNorm(0.1), run_eagerly=True)
+    assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6
+
+
 def test_sequential(small_data):
     model = kc.ClippingSequential([keras.Input((4,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
     history = _fit(model, small_data, clipping="global_norm")

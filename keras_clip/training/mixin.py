@@ -197,7 +197,7 @@ class ClippingMixin:
         return {
             "grad_norm": stats["grad_norm"],
             "clipped_grad_norm": stats["clipped_grad_norm"],
-            "nonfinite_steps": counter.value,
+            "nonfinite_steps": tf.identity(counter.value),
         }
 
     def _apply(self, grads: list[Any], variables: list[keras.Variable], finite: tf.Tensor) -> None:

@@ -1,0 +1,281 @@
+"""A small on-device buffer that keeps every training step's gradient statistics.
+
+`ClippingMixin` calls `model._step_recorder.record(stats, grads, variables)` once
+per optimizer step, inside the compiled (possibly XLA) step. The recorder writes
+one row of a float64 buffer of `steps_per_execution` rows, at index
+`(step - 1) % size`; column 0 holds the step number, so a single read after an
+execution returns every step of it, in any order. No summary op, no host call
+and no condition enters the step, so it compiles under XLA and `tf.distribute`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+import weakref
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_clip import ops
+from keras_clip.training import ClippingMixin
+
+# Stat columns reserved in the buffer; a strategy reporting more is cut short.
+MAX_STATS = 16
+
+# One recorder per model, kept between `fit()` calls so the step axis continues.
+_RECORDERS: weakref.WeakKeyDictionary[Any, StepRecorder] = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedStep:
+    """What one optimizer step recorded.
+
+    Attributes:
+        step: Int. 1-based index of the training batch, counted over every
+            `fit()` of the model.
+        stats: Dict of str to float. The clip statistics (`grad_norm`,
+            `clipped_grad_norm`, `nonfinite_steps`, `threshold` when the
+            strategy has one, and any other scalar the strategy reports).
+        variable_norms: Dict of str to float. Pre-clip L2 norm of each
+            variable's gradient, by variable path (empty unless asked for).
+    """
+
+    step: int
+    stats: dict[str, float]
+    variable_norms: dict[str, float]
+
+
+def _variable(value: Any, dtype: str, name: str) -> keras.Variable:
+    return keras.Variable(value, dtype=dtype, trainable=False, aggregation="only_first_replica", name=name)
+
+
+class StepRecorder:
+    """Keeps the last `size` steps' statistics in Keras variables.
+
+    Create it outside any `tf.function` (the variables are made here, under
+    the model's distribution strategy). Every replica computes the same
+    values from all-reduced gradients; the variables keep the first one's.
+
+    Args:
+        size: Int. Rows of the buffer: at least the steps of one execution.
+        variables: Sequence of keras.Variable. The model's trainable variables.
+        start_step: Int. Steps already taken; the next one is `start_step + 1`.
+        per_variable: Bool. Whether to record each variable's gradient norm.
+        gradients: Bool. Whether to keep a copy of the last step's gradients
+            (for histograms).
+        distribute_strategy: tf.distribute.Strategy. The model's strategy.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        variables: Sequence[keras.Variable],
+        start_step: int,
+        per_variable: bool,
+        gradients: bool,
+        distribute_strategy: tf.distribute.Strategy,
+    ) -> None:
+        self.size = int(size)
+        self.paths = unique_paths(variables)
+        self.per_variable = per_variable
+        self.gradients = gradients
+        self.users = 0
+        # The train function traced with this recorder; weak, so the model
+        # (a weak key of `_RECORDERS`) is not kept alive through it.
+        self.bound_function: Callable[[], Any] = lambda: None
+        self.stat_keys: list[str] = []
+        self.present: list[bool] = [True] * len(self.paths)
+        width = 1 + MAX_STATS + (len(self.paths) if per_variable else 0)
+        with distribute_strategy.scope():
+            self.step = _variable(start_step, "int64", "grad_log_step")
+            self.buffer = _variable(np.zeros((self.size, width)), "float64", "grad_log_buffer")
+            self.snapshots = [
+                _variable(np.zeros(v.shape), "float32", f"grad_snapshot_{i}")
+                for i, v in enumerate(variables if gradients else [])
+            ]
+
+    def satisfies(self, paths: list[str], size: int, per_variable: bool, gradients: bool) -> bool:
+        """Whether this recorder can serve a caller with these needs."""
+        return (
+            self.paths == paths
+            and self.size >= size
+            and (self.per_variable or not per_variable)
+            and (self.gradients or not gradients)
+        )
+
+    def record(self, stats: dict[str, tf.Tensor], grads: Sequence[Any], variables: Sequence[Any]) -> None:
+        """Writes one step's row; called inside the compiled train step.
+
+        Args:
+            stats: Dict of str to scalar tensors: the strategy's statistics
+                plus `nonfinite_steps`.
+            grads: Sequence of Tensor, IndexedSlices or None. The pre-clip
+                gradients (all-reduced, unscaled).
+            variables: Sequence of keras.Variable, the matching variables.
+        """
+        step = self.step.value + 1
+        columns = [tf.cast(step, tf.float64), *self._stat_columns(stats)]
+        if self.per_variable:
+            columns += self._norm_columns(grads)
+        row = tf.stack(columns)
+        selected = tf.equal(tf.range(self.size, dtype=tf.int64), (step - 1) % self.size)
+        self.buffer.assign(tf.where(selected[:, None], row[None, :], self.buffer.value))
+        self.step.assign(step)
+        for snapshot, grad in zip(self.snapshots, grads):
+            if grad is not None:
+                snapshot.assign(tf.cast(_dense(grad, snapshot.shape), tf.float32))
+
+    def _stat_columns(self, stats: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+        scalars = {k: v for k, v in stats.items() if tf.convert_to_tensor(v).shape.rank == 0}
+        keys = list(scalars)
+        if len(keys) > MAX_STATS:
+            warnings.warn(
+                f"The clip reports {len(keys)} statistics; only the first {MAX_STATS} are logged "
+                f"(dropped: {keys[MAX_STATS:]}).",
+                stacklevel=2,
+            )
+            keys = keys[:MAX_STATS]
+        self.stat_keys = keys
+        columns = [tf.cast(scalars[k], tf.float64) for k in keys]
+        return columns + [tf.constant(np.nan, tf.float64)] * (MAX_STATS - len(keys))
+
+    def _norm_columns(self, grads: Sequence[Any]) -> list[tf.Tensor]:
+        self.present = [g is not None for g in grads]
+        nan = tf.constant(np.nan, tf.float64)
+        return [nan if g is None else tf.cast(ops.global_norm([g]), tf.float64) for g in grads]
+
+    def current_step(self) -> int:
+        """The number of the last recorded step (0 before any)."""
+        return int(self.step.numpy())
+
+    def read(self, after: int, latest_only: bool = False) -> list[RecordedStep]:
+        """The steps recorded after step `after`, oldest first (one device read).
+
+        Args:
+            after: Int. The last step the caller has already seen.
+            latest_only: Bool. Return only the newest step (and do not warn
+                about older ones the buffer no longer holds).
+        """
+        rows = self.buffer.numpy()
+        rows = rows[rows[:, 0] > after]
+        rows = rows[np.argsort(rows[:, 0])]
+        if latest_only:
+            rows = rows[-1:]
+        elif len(rows) and int(rows[0, 0]) > after + 1:
+            warnings.warn(
+                f"Gradient statistics of steps {after + 1}..{int(rows[0, 0]) - 1} were overwritten "
+                f"before they were read (the buffer holds {self.size} steps); those steps are not logged.",
+                stacklevel=3,
+            )
+        return [self._unpack(row) for row in rows]
+
+    def _unpack(self, row: np.ndarray) -> RecordedStep:
+        stats = {k: float(row[1 + i]) for i, k in enumerate(self.stat_keys)}
+        norms = {}
+        if self.per_variable:
+            first = 1 + MAX_STATS
+            norms = {p: float(row[first + i]) for i, p in enumerate(self.paths) if self.present[i]}
+        return RecordedStep(int(row[0]), stats, norms)
+
+    def read_gradients(self) -> dict[str, np.ndarray]:
+        """The last step's gradients by variable path (variables with one)."""
+        return {p: s.numpy() for p, s, present in zip(self.paths, self.snapshots, self.present) if present}
+
+
+def _dense(grad: Any, shape: Sequence[int]) -> tf.Tensor:
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.math.unsorted_segment_sum(grad.values, grad.indices, num_segments=shape[0])
+    return grad
+
+
+def unique_paths(variables: Sequence[keras.Variable]) -> list[str]:
+    """Variable paths, made unique with a `_1`, `_2`... suffix where repeated."""
+    seen: dict[str, int] = {}
+    paths = []
+    for variable in variables:
+        path = getattr(variable, "path", None) or variable.name
+        count = seen.get(path, 0)
+        seen[path] = count + 1
+        paths.append(path if count == 0 else f"{path}_{count}")
+    return paths
+
+
+def _initial_step(model: keras.Model) -> int:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not optimizer.built:
+        return 0
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def _check_model(model: Any, caller: str) -> None:
+    if not isinstance(model, ClippingMixin):
+        raise ValueError(
+            f"`{caller}` needs a model whose training step measures gradients: a "
+            "`keras_clip.ClippingModel`, `ClippingSequential` or a model with `ClippingMixin`. "
+            f"Received: model of type {type(model).__name__}"
+        )
+
+
+def attach(model: keras.Model, caller: str, *, per_variable: bool = False, gradients: bool = False) -> StepRecorder:
+    """Makes the model's train step record, re-tracing it if needed.
+
+    The model keeps one recorder between `fit()` calls; it is replaced (its
+    step count carried over) only when it cannot serve what is asked.
+
+    Args:
+        model: keras.Model with `ClippingMixin`. Call after it is built.
+        caller: String. The callback's name, for error messages.
+        per_variable: Bool. Also record each variable's gradient norm.
+        gradients: Bool. Also keep the last step's gradients.
+
+    Returns:
+        The recorder now attached to the model.
+    """
+    _check_model(model, caller)
+    recorder = _RECORDERS.get(model)
+    paths = unique_paths(model.trainable_variables)
+    size = max(int(model.steps_per_execution), 1)
+    if recorder is not None and recorder.users:
+        per_variable = per_variable or recorder.per_variable
+        gradients = gradients or recorder.gradients
+    if recorder is None or not recorder.satisfies(paths, size, per_variable, gradients):
+        start = recorder.current_step() if recorder is not None else _initial_step(model)
+        users = recorder.users if recorder is not None else 0
+        recorder = StepRecorder(
+            size, model.trainable_variables, start, per_variable, gradients, model.distribute_strategy
+        )
+        recorder.users = users
+        _RECORDERS[model] = recorder
+    recorder.users += 1
+    model._step_recorder = recorder
+    if model.train_function is not None and model.train_function is not recorder.bound_function():
+        model.make_train_function(force=True)
+    if model.train_function is not None:
+        recorder.bound_function = weakref.ref(model.train_function)
+    return recorder
+
+
+def detach(model: keras.Model) -> None:
+    """Releases one user of the model's recorder; the last one unhooks it.
+
+    The compiled step keeps recording until it is traced again (the cost is
+    a few scalar writes), which keeps the step count exact across `fit()`
+    calls made without a logger.
+    """
+    recorder = _RECORDERS.get(model)
+    if recorder is None or recorder.users == 0:
+        return
+    recorder.users -= 1
+    if recorder.users == 0:
+        model._step_recorder = None
+
+
+def recorder_of(model: keras.Model) -> StepRecorder:
+    """The recorder attached to the model (raises if there is none)."""
+    recorder = _RECORDERS.get(model)
+    if recorder is None or not recorder.users:
+        raise RuntimeError("No gradient recorder is attached to this model; call `attach` first.")
+    return recorder
