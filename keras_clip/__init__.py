@@ -12,7 +12,19 @@ model.fit(x, y)   # logs grad_norm, clipped_grad_norm, nonfinite_steps
 """
 
 from keras_clip import ops
-from keras_clip.strategies import ClipByGlobalNorm, ClipByNorm, ClipByValue, ClipStrategy, get
+from keras_clip.callbacks import GradientNormLogger, GradientSpikeMonitor
+from keras_clip.strategies import (
+    AdaptiveGradClip,
+    AutoClip,
+    ByVariable,
+    Chain,
+    ClipByGlobalNorm,
+    ClipByNorm,
+    ClipByValue,
+    ClipStrategy,
+    ZClip,
+    get,
+)
 from keras_clip.training import (
     NONFINITE_POLICIES,
     ClippingMixin,
@@ -25,6 +37,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NONFINITE_POLICIES",
+    "AdaptiveGradClip",
+    "AutoClip",
+    "ByVariable",
+    "Chain",
     "ClipByGlobalNorm",
     "ClipByNorm",
     "ClipByValue",
@@ -32,7 +48,10 @@ __all__ = [
     "ClippingMixin",
     "ClippingModel",
     "ClippingSequential",
+    "GradientNormLogger",
+    "GradientSpikeMonitor",
     "NonFiniteGradientError",
+    "ZClip",
     "get",
     "ops",
 ]

@@ -29,7 +29,9 @@ def problem():
         keras.Variable(np.zeros(2, "float32"), name="bias"),
     ]
     grads = [
-        tf.IndexedSlices(tf.constant(rng.normal(size=(3, 3)) * 10, tf.float32), tf.constant([4, 1, 4]), tf.constant([6, 3])),
+        tf.IndexedSlices(
+            tf.constant(rng.normal(size=(3, 3)) * 10, tf.float32), tf.constant([4, 1, 4]), tf.constant([6, 3])
+        ),
         tf.constant(rng.normal(size=(3, 2)) * 3, tf.float32),
         tf.constant([2.0, -7.0]),
     ]

@@ -1,7 +1,22 @@
 """Clipping strategies: what a clip does to a list of gradients."""
 
+from keras_clip.strategies.agc import AdaptiveGradClip
+from keras_clip.strategies.autoclip import AutoClip
 from keras_clip.strategies.base import ClipStrategy
+from keras_clip.strategies.compose import ByVariable, Chain
 from keras_clip.strategies.fixed import ClipByGlobalNorm, ClipByNorm, ClipByValue
 from keras_clip.strategies.registry import get
+from keras_clip.strategies.zclip import ZClip
 
-__all__ = ["ClipStrategy", "ClipByGlobalNorm", "ClipByNorm", "ClipByValue", "get"]
+__all__ = [
+    "AdaptiveGradClip",
+    "AutoClip",
+    "ByVariable",
+    "Chain",
+    "ClipStrategy",
+    "ClipByGlobalNorm",
+    "ClipByNorm",
+    "ClipByValue",
+    "ZClip",
+    "get",
+]

@@ -72,3 +72,21 @@ def get(identifier: Any) -> ClipStrategy | None:
         "`clipping` must be None, a keras_clip strategy, a name or a serialized dict. "
         f"Received: clipping={identifier!r} (of type {type(identifier).__name__})"
     )
+
+
+# Adaptive strategies and composition (issue 5). Imported here, after `register_name`
+# exists, so `keras_clip.get("AutoClip")` works once the package is imported.
+from keras_clip.strategies.agc import AdaptiveGradClip  # noqa: E402
+from keras_clip.strategies.autoclip import AutoClip  # noqa: E402
+from keras_clip.strategies.zclip import ZClip  # noqa: E402
+
+# AGC has no scale-free default: 0.01 is the NFNets factor (batch 4096); smaller
+# batches tolerate larger factors (Brock et al. 2021, figure 3).
+for _name, _factory in (
+    ("AdaptiveGradClip", lambda: AdaptiveGradClip(0.01)),
+    ("AutoClip", AutoClip),
+    ("ZClip", ZClip),
+):
+    register_name(_name, _factory)
+for _name, _factory in (("agc", lambda: AdaptiveGradClip(0.01)), ("autoclip", AutoClip), ("zclip", ZClip)):
+    register_name(_name, _factory, short=True)

@@ -52,7 +52,10 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
         """Creates the strategy's state for the model's trainable variables."""
         if self._strategy is not None and not self._strategy.built:
             self._strategy.build(list(variables))
-        self.strategy_variables = list(self._strategy.variables) if self._strategy else []
+        if self._strategy is not None and not self.strategy_variables:
+            # Extend the tracked list in place: a pending tf.train.Checkpoint restore
+            # watches this list and restores variables added to it later.
+            self.strategy_variables.extend(self._strategy.variables)
 
     def store_update_stats(self, stats: dict[str, tf.Tensor]) -> None:
         """Keeps the norms of a real update made inside the optimizer."""

@@ -1,0 +1,138 @@
+"""AutoClip: clip the global norm to a percentile of the norms seen so far."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from keras_clip import ops
+from keras_clip.strategies import _validation
+from keras_clip.strategies._state import keep_if, state_variable
+from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+
+
+def ring_append(history: tf.Tensor, count: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    """Writes `value` at slot `count % size` of a fixed-size ring buffer.
+
+    Args:
+        history: Float32 tensor of shape `(size,)`.
+        count: Int64 scalar. How many values were appended before this one.
+        value: Float32 scalar.
+
+    Returns:
+        The new buffer (same shape; a select, so it compiles under XLA).
+    """
+    size = history.shape[0]
+    slot = tf.math.floormod(count, size)
+    return tf.where(tf.range(size, dtype=tf.int64) == slot, value, history)
+
+
+def ring_percentile(history: tf.Tensor, count: tf.Tensor, percentile: float) -> tf.Tensor:
+    """The `percentile`-th percentile of the values held by a ring buffer.
+
+    Linear interpolation between the two nearest ranks, as numpy's default
+    (`method="linear"`): with the `k` held values sorted, the value at
+    fractional rank `percentile / 100 * (k - 1)`. Slots never written are
+    ignored; with no value held the result is `+inf` (nothing to clip to).
+
+    Args:
+        history: Float32 tensor of shape `(size,)`.
+        count: Int64 scalar. How many values were ever appended.
+        percentile: Float in [0, 100].
+    """
+    size = history.shape[0]
+    held = tf.minimum(count, size)
+    inf = tf.constant(math.inf, history.dtype)
+    ordered = tf.sort(tf.where(tf.range(size, dtype=tf.int64) < held, history, inf))
+    last = tf.maximum(held, 1) - 1
+    rank = tf.cast(percentile / 100.0, tf.float64) * tf.cast(last, tf.float64)
+    low = tf.cast(tf.floor(rank), tf.int64)
+    high = tf.minimum(low + 1, last)
+    fraction = tf.cast(rank - tf.floor(rank), history.dtype)
+    low_value, high_value = tf.gather(ordered, low), tf.gather(ordered, high)
+    # The select keeps inf - inf (nothing held) from turning into NaN.
+    return tf.where(fraction > 0, low_value + fraction * (high_value - low_value), low_value)
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class AutoClip(ClipStrategy):
+    """AutoClip: the global-norm threshold is a percentile of past norms.
+
+    Each step the global L2 norm `n` of the gradient is appended to a history
+    of the last `history_size` norms (the current one included); the threshold
+    is the `percentile`-th percentile of that history (linear interpolation,
+    as numpy's default), and the gradient is rescaled as by
+    `ClipByGlobalNorm(threshold)`. No threshold needs tuning to the model:
+    it follows the gradient's own scale, and a spike far above the usual
+    norms is cut back to them.
+
+    The history is a fixed-size ring buffer in a Keras variable (plus an
+    int64 step counter), so it compiles under XLA and is saved, checkpointed
+    and restored with the model. A non-finite norm is not recorded (the
+    model's non-finite policy decides about that step). The first step is
+    never clipped (its norm is the whole history).
+
+    Stats: `grad_norm`, `clipped_grad_norm`, `threshold` (this step's
+    percentile, which moves every step).
+
+    Args:
+        percentile: Float in [0, 100]. Which percentile of the history is the
+            threshold; lower clips more often. Defaults to 10, as in the paper.
+        history_size: Integer >= 1. How many recent norms are kept; the
+            paper keeps every norm, a bound keeps the state fixed-size and
+            lets the threshold follow a drifting scale.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="sgd", loss="mse", clipping=keras_clip.AutoClip(10.0))
+    ```
+
+    References:
+        Seetharaman, Wichern, Pardo, Le Roux. [AutoClip: Adaptive Gradient
+        Clipping for Source Separation Networks](https://arxiv.org/abs/2007.14469),
+        2020.
+    """
+
+    def __init__(self, percentile: float = 10.0, history_size: int = 1000) -> None:
+        super().__init__()
+        self.percentile = _validation.in_range("percentile", percentile, 0.0, 100.0)
+        self.history_size = _validation.positive_int("history_size", history_size)
+        self._history: keras.Variable | None = None
+        self._count: keras.Variable | None = None
+
+    def build(self, variables: Sequence[keras.Variable]) -> None:
+        """Creates the norm history (ring buffer) and the step counter."""
+        if not self.built:
+            self._history = state_variable([0.0] * self.history_size, "float32", "autoclip_history")
+            self._count = state_variable(0, "int64", "autoclip_count")
+        super().build(variables)
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """`[history, count]`: the last norms and how many were recorded."""
+        return [self._history, self._count] if self.built else []
+
+    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+        _, pre = l2_norms(grads)
+        history, count = self._record(pre)
+        threshold = ring_percentile(history, count, self.percentile)
+        factor = ops.clip_factor(pre, threshold)
+        clipped = [ops.scale(g, factor) for g in grads]
+        return clipped, {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
+
+    def _record(self, norm: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Appends a finite norm to the history; returns the new (history, count)."""
+        history, count = self._history.value, self._count.value
+        finite = tf.math.is_finite(norm)
+        new_history = keep_if(finite, ring_append(history, count, norm), history)
+        new_count = count + tf.cast(finite, tf.int64)
+        self._history.assign(new_history)
+        self._count.assign(new_count)
+        return new_history, new_count
+
+    def get_config(self) -> dict[str, Any]:
+        return {"percentile": self.percentile, "history_size": self.history_size}

@@ -1,0 +1,217 @@
+"""Composition: strategies applied in turn (`Chain`) or per variable (`ByVariable`)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from keras_clip import ops
+from keras_clip.strategies._paths import matches, warn_unmatched
+from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+
+
+def _strategy_arg(name: str, value: Any, *, allow_none: bool = False) -> ClipStrategy | None:
+    """A strategy instance, a serialized one (dict), or None where allowed."""
+    if isinstance(value, dict):
+        value = keras.saving.deserialize_keras_object(value)
+    if isinstance(value, ClipStrategy) or (allow_none and value is None):
+        return value
+    kind = "a keras_clip strategy or None" if allow_none else "a keras_clip strategy"
+    raise TypeError(f"`{name}` must be {kind}. Received: {name}={value!r} (of type {type(value).__name__})")
+
+
+def _refuse_shared(name: str, strategies: Sequence[ClipStrategy | None]) -> None:
+    """One instance used twice would be built twice and step its state twice."""
+    present = [s for s in strategies if s is not None]
+    if len({id(s) for s in present}) != len(present):
+        raise ValueError(
+            f"Each strategy in `{name}` must be a separate instance (a stateful one would "
+            f"update its state twice per step). Received: {name}={list(strategies)!r}"
+        )
+
+
+def _serialize(strategy: ClipStrategy | None) -> dict[str, Any] | None:
+    return None if strategy is None else keras.saving.serialize_keras_object(strategy)
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class Chain(ClipStrategy):
+    """Applies strategies one after another, each to the previous one's output.
+
+    `Chain(ClipByValue(5.0), ClipByGlobalNorm(1.0))` first bounds every entry,
+    then the global norm of what is left. Each member keeps its own state.
+
+    Stats: `grad_norm` is the first member's (the gradient as it came in),
+    `clipped_grad_norm` the last member's (what the optimizer gets),
+    `threshold` that of the last member that reports one (omitted if none do).
+
+    Args:
+        *strategies: ClipStrategy. One or more strategies, applied in order;
+            each a separate instance.
+
+    Example:
+
+    ```python
+    clipping = keras_clip.Chain(keras_clip.ClipByValue(5.0), keras_clip.AutoClip())
+    model.compile(optimizer="adam", loss="mse", clipping=clipping)
+    ```
+
+    References:
+        Babuschkin et al. [The DeepMind JAX Ecosystem: optax.chain](
+        https://github.com/google-deepmind/optax), 2020.
+    """
+
+    def __init__(self, *strategies: ClipStrategy) -> None:
+        super().__init__()
+        if not strategies:
+            raise ValueError("`strategies` must hold at least one strategy. Received: strategies=()")
+        self.strategies = tuple(_strategy_arg("strategies", s) for s in strategies)
+        _refuse_shared("strategies", self.strategies)
+
+    def build(self, variables: Sequence[keras.Variable]) -> None:
+        """Builds every member for the same variables."""
+        for strategy in self.strategies:
+            if not strategy.built:
+                strategy.build(variables)
+        super().build(variables)
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """The members' state variables, in member order."""
+        return [v for s in self.strategies for v in s.variables]
+
+    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+        all_stats = []
+        for strategy in self.strategies:
+            grads, stats = strategy.clip(grads, variables)
+            all_stats.append(stats)
+        thresholds = [s["threshold"] for s in all_stats if "threshold" in s]
+        result = {"grad_norm": all_stats[0]["grad_norm"], "clipped_grad_norm": all_stats[-1]["clipped_grad_norm"]}
+        if thresholds:
+            result["threshold"] = thresholds[-1]
+        return grads, result
+
+    def get_config(self) -> dict[str, Any]:
+        return {"strategies": [_serialize(s) for s in self.strategies]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Chain:
+        """Creates a chain from `get_config()` (members may be serialized dicts)."""
+        return cls(*config["strategies"])
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(repr(s) for s in self.strategies)})"
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ByVariable(ClipStrategy):
+    """Clips groups of variables with different strategies, chosen by path.
+
+    Each variable goes to the first rule whose `fnmatch` pattern matches its
+    path (`variable.path`, e.g. `"embedding/embeddings"`; `*` also matches
+    `/`), else to `default`. A rule or default of None leaves its variables
+    unclipped. Each strategy sees only its group, so `ClipByGlobalNorm`
+    under a rule bounds that group's joint norm. A pattern that matches no
+    variable warns once, when the strategy is built.
+
+    Stats: `grad_norm` and `clipped_grad_norm` are global L2 norms over
+    every variable (combined from the groups' own norms, no extra pass);
+    `threshold` is the default's (omitted when it reports none).
+
+    Args:
+        rules: Dict mapping str to ClipStrategy or None. Variable-path
+            patterns to the strategy for the variables they match, tried in
+            order; each strategy a separate instance.
+        default: ClipStrategy or None. The strategy for variables no rule
+            matches; None (the default) leaves them unclipped.
+
+    Example:
+
+    ```python
+    clipping = keras_clip.ByVariable(
+        {"embedding/*": keras_clip.ClipByNorm(5.0)}, default=keras_clip.ClipByGlobalNorm(1.0)
+    )
+    model.compile(optimizer="adam", loss="mse", clipping=clipping)
+    ```
+
+    References:
+        Brock, De, Smith, Simonyan. [High-Performance Large-Scale Image
+        Recognition Without Normalization](https://arxiv.org/abs/2102.06171),
+        2021 (clipping rules that differ per layer).
+    """
+
+    def __init__(self, rules: Mapping[str, ClipStrategy | None], default: ClipStrategy | None = None) -> None:
+        super().__init__()
+        if not isinstance(rules, Mapping) or not all(isinstance(p, str) for p in rules):
+            raise TypeError(
+                f"`rules` must be a dict mapping variable path patterns (str) to strategies. Received: rules={rules!r}"
+            )
+        self.rules = {p: _strategy_arg(f"rules[{p!r}]", s, allow_none=True) for p, s in rules.items()}
+        self.default = _strategy_arg("default", default, allow_none=True)
+        _refuse_shared("rules and default", [*self.rules.values(), self.default])
+
+    @property
+    def _members(self) -> list[ClipStrategy | None]:
+        return [*self.rules.values(), self.default]
+
+    def _group(self, path: str) -> int:
+        """Index of the rule a variable path falls under (`len(rules)` = default)."""
+        for i, pattern in enumerate(self.rules):
+            if matches(path, (pattern,)):
+                return i
+        return len(self.rules)
+
+    def build(self, variables: Sequence[keras.Variable]) -> None:
+        """Builds each strategy for its group; warns about patterns matching nothing."""
+        if not self.built:
+            warn_unmatched(type(self).__name__, list(self.rules), variables)
+            for i, strategy in enumerate(self._members):
+                if strategy is not None and not strategy.built:
+                    strategy.build([v for v in variables if self._group(v.path) == i])
+        super().build(variables)
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """The strategies' state variables: rules in order, then the default."""
+        return [v for s in self._members if s is not None for v in s.variables]
+
+    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+        groups: list[list[int]] = [[] for _ in self._members]
+        for position, variable in enumerate(variables):
+            groups[self._group(variable.path)].append(position)
+        clipped, pre_squares, post_squares = list(grads), [], []
+        stats: Stats = {}
+        for strategy, positions in zip(self._members, groups):
+            if not positions:
+                continue  # No gradient in this group: its state sees no step.
+            if strategy is None:
+                squares, _ = l2_norms([grads[i] for i in positions])
+                pre_squares += squares
+                post_squares += squares
+                continue
+            out, stats = strategy.clip([grads[i] for i in positions], [variables[i] for i in positions])
+            for i, g in zip(positions, out):
+                clipped[i] = g
+            pre_squares.append(tf.square(stats["grad_norm"]))
+            post_squares.append(tf.square(stats["clipped_grad_norm"]))
+        result = {"grad_norm": _root_sum(pre_squares), "clipped_grad_norm": _root_sum(post_squares)}
+        if self.default is not None and groups[-1] and "threshold" in stats:
+            result["threshold"] = stats["threshold"]
+        return clipped, result
+
+    def get_config(self) -> dict[str, Any]:
+        return {"rules": {p: _serialize(s) for p, s in self.rules.items()}, "default": _serialize(self.default)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ByVariable:
+        """Creates the strategy from `get_config()` (strategies may be serialized dicts)."""
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"ByVariable({self.rules!r}, default={self.default!r})"
+
+
+def _root_sum(squares: list[tf.Tensor]) -> tf.Tensor:
+    return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0)
