@@ -229,8 +229,7 @@ class ClippingMixin:
         """
         strategy = self._clip_state.strategy
         if strategy is None:
-            present = [ops.deduplicate(g) for g in grads if g is not None]
-            norm = ops.global_norm(present)
+            norm = ops.global_norm(grads)
             return list(grads), {"grad_norm": norm, "clipped_grad_norm": norm}
         return strategy.clip(grads, variables)
 
