@@ -6,18 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-
-def regression_data(n: int = 1000, features: int = 20, informative: int = 10, seed: int = 1):
-    """make_regression-like data: coefficients up to 100, noise 0.1."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, features)).astype("float32")
-    coef = np.zeros((features, 1), "float32")
-    coef[:informative, 0] = rng.uniform(0, 100, size=informative)
-    y = x @ coef + rng.normal(scale=0.1, size=(n, 1)).astype("float32")
-    return x, y.astype("float32")
+from keras_clip.cli.problems import regression_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")

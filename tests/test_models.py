@@ -48,6 +48,16 @@ def test_run_eagerly(small_data):
     assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_models_built_on_first_use(small_data, jit):
+    sequential = kc.ClippingSequential([keras.layers.Dense(4), keras.layers.Dense(1)])
+    history = _fit(sequential, small_data, clipping=kc.ClipByGlobalNorm(0.1), jit_compile=jit)
+    assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6
+    subclassed = MixinNet()
+    history = _fit(subclassed, small_data, clipping=kc.ClipByGlobalNorm(0.1), jit_compile=jit)
+    assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6
+
+
 def test_sequential(small_data):
     model = kc.ClippingSequential([keras.Input((4,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
     history = _fit(model, small_data, clipping="global_norm")

@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 
 import keras_clip as kc
+from keras_clip.cli import problems
 
 
 def _run(data, clipping):
     keras.utils.set_random_seed(1)
     x, y = data
-    inputs = keras.Input((20,))
-    hidden = keras.layers.Dense(25, activation="relu", kernel_initializer="he_uniform")(inputs)
-    model = kc.ClippingModel(inputs, keras.layers.Dense(1)(hidden))
+    model = problems.seed_model()  # Dense(25, relu) -> Dense(1)
     model.compile(
         optimizer=keras.optimizers.SGD(0.07, momentum=0.8),
         loss="mse",

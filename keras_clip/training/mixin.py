@@ -111,22 +111,32 @@ class ClippingMixin:
             self._build_clip_state()
 
     def _build_clip_state(self) -> None:
-        if not self._clip_state.built or not self._clip_state.strategy_variables:
+        if not self._clip_state.built:
             with self.distribute_strategy.scope():
                 self._clip_state.build(self.trainable_variables)
 
-    def make_train_function(self, force: bool = False) -> Any:
-        """Builds the clipping state, then Keras's train function.
+    def _build_training_state(self) -> None:
+        """Creates the clipping state and the optimizer's variables, once.
 
-        With `on_nonfinite="raise"` the function is wrapped to check the
-        non-finite counter after each execution (one scalar read).
+        The step reads the loss scale, which exists once the optimizer is
+        built, and stateful strategies size their state by the variables.
         """
         if getattr(self, "_clip_state", None) is not None:
             self._build_clip_state()
         if self.optimizer is not None and not self.optimizer.built:
-            # The step reads the loss scale, which exists once the optimizer is built.
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
+
+    def make_train_function(self, force: bool = False) -> Any:
+        """Builds the clipping state, then Keras's train function.
+
+        A model built on first use (no `Input`) is built by the first trace
+        instead, and the state right after it (see `train_step`).
+        With `on_nonfinite="raise"` the function is wrapped to check the
+        non-finite counter after each execution (one scalar read).
+        """
+        if self.built:
+            self._build_training_state()
         rebuilt = self.train_function is None or force
         result = super().make_train_function(force)
         if rebuilt and self.on_nonfinite == "raise":
@@ -153,6 +163,7 @@ class ClippingMixin:
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True) if self._call_has_training_arg else self(x)
+            self._build_training_state()  # no-op unless the call above just built the model
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             batch = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
             self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=batch)

@@ -37,6 +37,7 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
             0.0, dtype="float32", trainable=False, aggregation="only_first_replica", name="update_clipped_grad_norm"
         )
         self.strategy_variables: list[keras.Variable] = []
+        self._built = False
 
     @property
     def strategy(self) -> ClipStrategy | None:
@@ -45,8 +46,8 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
 
     @property
     def built(self) -> bool:
-        """Whether the strategy has created its state."""
-        return self._strategy is None or self._strategy.built
+        """Whether `build` has run (the strategy's state exists)."""
+        return self._built
 
     def build(self, variables: Sequence[keras.Variable]) -> None:
         """Creates the strategy's state for the model's trainable variables."""
@@ -56,6 +57,7 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
             # Extend the tracked list in place: a pending tf.train.Checkpoint restore
             # watches this list and restores variables added to it later.
             self.strategy_variables.extend(self._strategy.variables)
+        self._built = True
 
     def store_update_stats(self, stats: dict[str, tf.Tensor]) -> None:
         """Keeps the norms of a real update made inside the optimizer."""

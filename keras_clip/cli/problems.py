@@ -1,0 +1,87 @@
+"""The demo's two problems: the seed regression and a recurrent integrator.
+
+Both are synthetic and seeded, so the demo needs no downloads and gives the
+same numbers on every run.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from keras_clip.training import ClippingModel
+
+SEED_LEARNING_RATE = 0.07
+SEED_MOMENTUM = 0.8
+RNN_LEARNING_RATE = 0.01
+RNN_MOMENTUM = 0.9
+
+
+def regression_data(
+    n: int = 1000, features: int = 20, informative: int = 10, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """`sklearn.datasets.make_regression`-like data, without scikit-learn.
+
+    Args:
+        n: Integer. Number of samples.
+        features: Integer. Number of input features, standard normal.
+        informative: Integer. How many features the target depends on.
+        seed: Integer. Random seed.
+
+    Returns:
+        `(x, y)`: float32 arrays of shapes `(n, features)` and `(n, 1)`, where
+        `y = x @ coef + noise`, coefficients uniform in [0, 100) on the
+        informative features and noise with standard deviation 0.1.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    coef = np.zeros((features, 1), "float32")
+    coef[:informative, 0] = rng.uniform(0, 100, size=informative)
+    y = x @ coef + rng.normal(scale=0.1, size=(n, 1)).astype("float32")
+    return x, y.astype("float32")
+
+
+def integrator_data(n: int = 1000, steps: int = 40, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences whose target is the scaled sum of all their steps.
+
+    The output depends as much on the first step as on the last, so the
+    gradient must travel back through every step of the recurrence: a
+    long-range task in its simplest form.
+
+    Args:
+        n: Integer. Number of sequences.
+        steps: Integer. Length of each sequence.
+        seed: Integer. Random seed.
+
+    Returns:
+        `(x, y)`: float32 arrays of shapes `(n, steps, 1)` (standard normal)
+        and `(n, 1)` with `y = sum(x) / sqrt(steps)` (unit variance).
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, steps, 1)).astype("float32")
+    return x, (x.sum(axis=1) / np.sqrt(steps)).astype("float32")
+
+
+def seed_model(features: int = 20) -> ClippingModel:
+    """The seed experiment's network: Dense(25, relu) -> Dense(1)."""
+    inputs = keras.Input((features,))
+    hidden = keras.layers.Dense(25, activation="relu", kernel_initializer="he_uniform", name="hidden")(inputs)
+    return ClippingModel(inputs, keras.layers.Dense(1, name="output")(hidden), name="seed_mlp")
+
+
+def rnn_model(steps: int = 40, units: int = 16) -> ClippingModel:
+    """An IRNN: a ReLU SimpleRNN whose recurrent kernel starts as the identity.
+
+    Le, Jaitly and Hinton (2015) showed this simple recurrent network learns
+    long-range tasks, but only with the gradient clipped: its recurrent
+    weights sit at the edge of stability, and one large step past it makes
+    the gradient grow geometrically with the sequence length.
+    """
+    inputs = keras.Input((steps, 1))
+    recurrent = keras.layers.SimpleRNN(units, activation="relu", recurrent_initializer="identity", name="irnn")
+    return ClippingModel(inputs, keras.layers.Dense(1, name="output")(recurrent(inputs)), name="irnn")
+
+
+def sgd(learning_rate: float, momentum: float) -> keras.optimizers.SGD:
+    """Plain SGD with momentum and no clipping of its own."""
+    return keras.optimizers.SGD(learning_rate, momentum=momentum)
