@@ -46,3 +46,12 @@ def test_keras_builtin_clipping_differs_under_mirrored(results):
     """A documented fact, not our failure: Keras clips each replica before the all-reduce."""
     assert results["keras_global_clipnorm"]["max_abs_diff"] > 100 * results["ClipByGlobalNorm"]["max_abs_diff"]
     assert results["keras_global_clipnorm"]["max_abs_diff"] > 1e-2
+
+
+def test_one_all_reduce_per_step_as_plain_keras(results):
+    """Gradient communication is not doubled: each replica's traced step makes one
+    all-reduce call carrying all 4 gradients, exactly like plain Keras's step."""
+    assert results["ClipByGlobalNorm"]["all_reduce_calls"] == [4, 4]
+    assert results["ClipByGlobalNorm"]["all_reduce_calls"] == results["keras_no_clip"]["all_reduce_calls"]
+    for case in OURS:
+        assert results[case]["all_reduce_calls"] == [4, 4], case

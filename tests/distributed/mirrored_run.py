@@ -20,6 +20,17 @@ import numpy as np  # noqa: E402
 
 import keras_clip as kc  # noqa: E402
 
+ALL_REDUCE_CALLS = []  # one entry per ReplicaContext.all_reduce call made while tracing: tensor count
+_all_reduce = tf.distribute.ReplicaContext.all_reduce
+
+
+def _counting_all_reduce(self, reduce_op, value, options=None):
+    ALL_REDUCE_CALLS.append(len(tf.nest.flatten(value)))
+    return _all_reduce(self, reduce_op, value, options)
+
+
+tf.distribute.ReplicaContext.all_reduce = _counting_all_reduce
+
 
 def data():
     """Halves whose gradients differ a lot: replica 0 sees small targets, replica 1 huge ones."""
@@ -57,10 +68,12 @@ def train(strategy_name, clipping, keras_clip_args=None, mirrored=False, spe=1, 
 
 def compare(name, **kwargs):
     single, h1 = train(name, mirrored=False, **kwargs)
+    ALL_REDUCE_CALLS.clear()
     multi, h2 = train(name, mirrored=True, **kwargs)
+    calls = list(ALL_REDUCE_CALLS)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single, multi))
     keys = ("grad_norm", "clipped_grad_norm", "nonfinite_steps")
-    return {"case": name, "max_abs_diff": diff, "single": {k: h1.get(k) for k in keys},
+    return {"case": name, "max_abs_diff": diff, "all_reduce_calls": calls, "single": {k: h1.get(k) for k in keys},
             "mirrored": {k: h2.get(k) for k in keys}}
 
 
