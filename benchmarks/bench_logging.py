@@ -9,23 +9,21 @@ hits all of them alike.
 
     python benchmarks/bench_logging.py                 # 11 rounds of 128 steps
     python benchmarks/bench_logging.py --rounds 5 --samples 8192
+    python benchmarks/bench_logging.py --tiny          # smoke test, a few seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from _timing import interleaved, machine_description, report, time_epoch  # noqa: E402
 
 import keras_clip as kc  # noqa: E402
 
@@ -55,23 +53,6 @@ def build(steps_per_execution: int, features: int, width: int) -> keras.Model:
     return model
 
 
-def time_epoch(model: keras.Model, data: tuple, batch_size: int, callbacks: list) -> tuple[float, float]:
-    """Wall-clock and CPU (all threads of this process) seconds per step of one epoch."""
-    x, y = data
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
-    steps = len(x) // batch_size
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
-
-
-def report(name: str, times: list[float], baseline: list[float]) -> str:
-    ratios = [t / b for t, b in zip(times, baseline)]
-    return (
-        f"{name:<30}{statistics.median(times) * 1e3:>9.3f}"
-        f"{statistics.median(ratios):>8.3f}{min(ratios):>7.3f}{max(ratios):>7.3f}"
-    )
-
-
 def prepare(args: argparse.Namespace, data: tuple) -> dict:
     """One warmed-up model per variant, with a factory for its callbacks."""
     log_root = tempfile.mkdtemp(prefix="bench_logging_")
@@ -89,9 +70,7 @@ def prepare(args: argparse.Namespace, data: tuple) -> dict:
 
 def print_results(args: argparse.Namespace, load_before: tuple, wall: dict, cpu: dict) -> None:
     steps = args.samples // args.batch_size
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
-    gpus = len(tf.config.list_physical_devices("GPU"))
-    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, XLA on, {gpus} GPU")
+    print(f"machine: {machine_description()}, XLA on")
     print(f"load average before/after: {load_before} / {os.getloadavg()}")
     print(
         f"model: {args.features} -> Dense({args.width}) -> Dense({args.width}) -> Dense(1), Adam, "
@@ -111,20 +90,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--tiny", action="store_true", help="smoke test: 2 rounds of 8 small steps")
     args = parser.parse_args()
+    if args.tiny:
+        args.rounds, args.samples, args.batch_size, args.features, args.width = 2, 256, 32, 8, 16
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.samples, args.features)).astype("float32")
     data = (x, (x[:, :1] * 3.0).astype("float32"))
     load_before = os.getloadavg()
     runs = prepare(args, data)
-    wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(args.rounds):
-        for name, (model, callbacks) in runs.items():
-            seconds, cpu_seconds = time_epoch(model, data, args.batch_size, callbacks())
-            wall[name].append(seconds)
-            cpu[name].append(cpu_seconds)
+
+    def measure(name: str) -> tuple[float, float]:
+        model, callbacks = runs[name]
+        return time_epoch(model, data, args.batch_size, callbacks())
+
+    wall, cpu, _ = interleaved(list(VARIANTS), args.rounds, measure)
     print_results(args, load_before, wall, cpu)
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras_clip import ops
 from keras_clip.strategies import _validation
 from keras_clip.strategies._paths import matches, patterns_arg, warn_unmatched
-from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+from keras_clip.strategies.base import ClipStrategy, Stats
 
 
 def unitwise_clip(grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: float) -> tuple[ops.Gradient, Stats]:
@@ -27,8 +27,9 @@ def unitwise_clip(grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: f
 
     Returns:
         `(clipped, parts)`: the clipped gradient and float32 scalars
-        `post_squares` (its squared L2 norm), `bound_squares` (sum of the
-        squared unit bounds) and `clipped_units` (how many units were clipped).
+        `pre_squares` and `post_squares` (its squared L2 norm before and after),
+        `bound_squares` (sum of the squared unit bounds) and `clipped_units`
+        (how many units were clipped).
     """
     values = ops.values_of(grad)
     g_norm = ops.unitwise_norm(values)
@@ -37,6 +38,8 @@ def unitwise_clip(grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: f
     factor = tf.where(trigger, bound / tf.maximum(g_norm, 1e-6), tf.ones_like(g_norm))
     clipped = ops.with_values(grad, values * tf.cast(factor, values.dtype))
     parts = {
+        # Both from the unit norms: the gradient is read once.
+        "pre_squares": tf.reduce_sum(tf.square(g_norm)),
         "post_squares": tf.reduce_sum(tf.square(factor * g_norm)),
         "bound_squares": tf.reduce_sum(tf.square(bound)),
         "clipped_units": tf.reduce_sum(tf.cast(trigger, tf.float32)),
@@ -99,19 +102,22 @@ class AdaptiveGradClip(ClipStrategy):
         super().build(variables)
 
     def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
-        squares, pre = l2_norms(grads)
-        clipped, post_squares, bound_squares, hits, units = [], [], [], [], 0
-        for grad, square, variable in zip(grads, squares, variables):
+        clipped, pre_squares, post_squares, bound_squares, hits, units = [], [], [], [], [], 0
+        for grad, variable in zip(grads, variables):
             if matches(variable.path, self.exclude):
+                square = ops.sum_of_squares(grad)
                 clipped.append(grad)
+                pre_squares.append(square)
                 post_squares.append(square)
                 continue
             new, parts = unitwise_clip(grad, variable.value, self.clipping, self.eps)
             clipped.append(new)
+            pre_squares.append(parts["pre_squares"])
             post_squares.append(parts["post_squares"])
             bound_squares.append(parts["bound_squares"])
             hits.append(parts["clipped_units"])
             units += _unit_count(variable)
+        pre = tf.sqrt(tf.add_n(pre_squares)) if pre_squares else tf.constant(0.0)
         stats = {
             "grad_norm": pre,
             # Derived from the unit norms already measured: ||f_i G_i||^2 = f_i^2 ||G_i||^2.

@@ -1,0 +1,65 @@
+"""Smoke test: the benchmarks run at a tiny size and print their tables.
+
+No figure is asserted (the machines the tests run on are shared and noisy);
+`docs/benchmarks.md` holds the measured figures and the command behind them.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Both benchmarks in `--tiny` mode, started together (each is mostly tracing and compiling)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    started = {
+        script: subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / script), "--tiny"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script in ("bench_step.py", "bench_logging.py")
+    }
+    yield started
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _output(runs, script):
+    stdout, stderr = runs[script].communicate(timeout=TIMEOUT)
+    assert runs[script].returncode == 0, stderr[-4000:]
+    return stdout
+
+
+def test_bench_step_tiny_prints_every_variant(runs):
+    out = _output(runs, "bench_step.py")
+    assert "### mlp, steps_per_execution=1" in out
+    assert "| variant | wall ms/step | wall ratio median (min-max) |" in out
+    variants = re.findall(r"^- (\w+): ", out, flags=re.MULTILINE)
+    assert {"keras", "keras_clipnorm", "handwritten", "kc", "kc_logger", "kc_agc", "kc_zclip"} <= set(variants)
+    for variant in variants:
+        assert f"\n| {variant} | " in out, variant
+    assert "### First epoch and peak memory" in out
+    assert "\n| mlp | keras | " in out
+    assert "load average at end" in out
+
+
+def test_bench_logging_tiny_prints_its_table(runs):
+    out = _output(runs, "bench_logging.py")
+    assert "wall-clock: ms/step (median) and ratio to no logging" in out
+    assert "CPU time (all threads)" in out
+    for variant in ("none, spe=1", "logger, spe=1", "logger per_variable, spe=1", "logger, spe=8"):
+        assert variant in out
