@@ -160,19 +160,22 @@ def seed_losses(seed_data):
     return losses
 
 
-@pytest.mark.parametrize("name", list(SEED_METHODS))
-def test_seed_experiment_stays_finite(name, seed_losses):
-    # AutoClip only stays finite: its threshold is a percentile of the norms the run
-    # produces (the first step is never clipped), and at this learning rate even a fixed
-    # clip at the first step's norm (~375) does not learn. See the issue 5 report.
-    loss, skipped = seed_losses[name]
-    assert np.all(np.isfinite(loss)) and skipped == 0
-
-
 @pytest.mark.parametrize("name", ["ClipByGlobalNorm(1.0)", "AdaptiveGradClip(0.05)", "ZClip()"])
 def test_seed_experiment_converges(name, seed_losses):
-    loss, _ = seed_losses[name]
+    loss, skipped = seed_losses[name]
+    assert np.all(np.isfinite(loss)) and skipped == 0
     assert loss[-1] < 10.0 and loss[-1] < 1e-3 * loss[0]
+
+
+def test_autoclip_cannot_shrink_a_step_that_is_always_too_large(seed_losses):
+    # The published rule clips to a percentile of the run's own norms: it cuts a spike back to the
+    # typical step but never shrinks the typical step, and at SGD(0.07, momentum=0.8) the typical
+    # step is what diverges. The loss climbs by many orders of magnitude; no percentile or history
+    # size converges (benchmarks/seed_adaptive.py, table in docs/strategies.md).
+    loss, _ = seed_losses["AutoClip()"]
+    reference, _ = seed_losses["ClipByGlobalNorm(1.0)"]
+    assert loss.max() > 1e6 * reference[0]
+    assert loss[-1] > 1e3 * reference[-1]
 
 
 def test_zclip_defaults_act_as_their_max_norm_cap_on_the_seed_experiment(seed_losses):

@@ -18,7 +18,7 @@ TIMEOUT = 240
 
 @pytest.fixture(scope="module")
 def runs():
-    """Both benchmarks in `--tiny` mode, started together (each is mostly tracing and compiling)."""
+    """Every benchmark script in `--tiny` mode, started together (each is mostly tracing and compiling)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     started = {
         script: subprocess.Popen(
@@ -29,7 +29,7 @@ def runs():
             stderr=subprocess.PIPE,
             text=True,
         )
-        for script in ("bench_step.py", "bench_logging.py")
+        for script in ("bench_step.py", "bench_logging.py", "seed_adaptive.py")
     }
     yield started
     for process in started.values():
@@ -63,3 +63,10 @@ def test_bench_logging_tiny_prints_its_table(runs):
     assert "CPU time (all threads)" in out
     for variant in ("none, spe=1", "logger, spe=1", "logger per_variable, spe=1", "logger, spe=8"):
         assert variant in out
+
+
+def test_seed_adaptive_tiny_prints_one_row_per_run(runs):
+    out = _output(runs, "seed_adaptive.py")
+    rows = re.findall(r"^\| (.+?) \| .* \| (diverged|converged|stalled) \|$", out, flags=re.MULTILINE)
+    assert [label for label, _ in rows] == ["none", "ClipByGlobalNorm(1.0)", "AutoClip()", "ZClip()"]
+    assert dict(rows)["none"] == "diverged"  # NaN within 2 epochs, as in plain Keras

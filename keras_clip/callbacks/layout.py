@@ -20,6 +20,7 @@ CLIPPED = "clipping/clipped"
 NONFINITE_STEPS = "clipping/nonfinite_steps"
 SPIKE = "grad_norm/spike"
 PER_VARIABLE_PREFIX = "grad_norm_by_variable/"
+VARIABLE_THRESHOLD = PER_VARIABLE_PREFIX + "threshold"
 HISTOGRAM_PREFIX = "gradients/"
 
 # Statistic reported by the train step -> tag; others go to `clipping/<name>`.
@@ -27,6 +28,7 @@ _STAT_TAGS = {
     "grad_norm": PRE_CLIP,
     "clipped_grad_norm": POST_CLIP,
     "threshold": THRESHOLD,
+    "variable_threshold": VARIABLE_THRESHOLD,
     "nonfinite_steps": NONFINITE_STEPS,
 }
 

@@ -24,7 +24,9 @@ class GradientNormLogger(RecordingCallback):
 
     - `grad_norm/pre_clip` and `grad_norm/post_clip`: global L2 norm of the
       gradient before and after clipping;
-    - `grad_norm/threshold`: the strategy's threshold, when it has one;
+    - `grad_norm/threshold`: the strategy's threshold on the global norm, when
+      it has one (`ClipByNorm`'s bound on each variable's norm goes to
+      `grad_norm_by_variable/threshold` instead);
     - `clipping/factor` (post-clip / pre-clip norm), `clipping/clipped` (1 when
       the step was clipped) and `clipping/nonfinite_steps` (total so far);
       other statistics the strategy reports go to `clipping/<name>`;

@@ -75,6 +75,13 @@ class AutoClip(ClipStrategy):
     model's non-finite policy decides about that step). The first step is
     never clipped (its norm is the whole history).
 
+    The threshold is relative to the run's own norms, so AutoClip cuts a
+    spike back to the typical step but never makes the typical step smaller.
+    It cannot rescue a learning rate at which every step is too large: on the
+    seed experiment (SGD 0.07, momentum 0.8) no percentile or history size
+    converges (`benchmarks/seed_adaptive.py`). Put a fixed cap in front for
+    that, e.g. `Chain(ClipByGlobalNorm(100.0), AutoClip())`.
+
     Stats: `grad_norm`, `clipped_grad_norm`, `threshold` (this step's
     percentile, which moves every step).
 

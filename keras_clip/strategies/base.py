@@ -29,7 +29,9 @@ class ClipStrategy:
     present gradients (no `None`), with `tf.IndexedSlices` already free of
     repeated indices, and must return `(clipped, stats)` where `stats` holds at
     least `grad_norm` (global L2 norm before clipping) and `clipped_grad_norm`
-    (after), both float32 scalars, and `threshold` where one exists.
+    (after), both float32 scalars, and `threshold` where a bound on the global
+    norm exists (a bound of another kind goes under its own name, such as
+    `ClipByNorm`'s `variable_threshold`).
 
     Example:
 
