@@ -16,3 +16,19 @@ def mlp(cls=kc.ClippingModel, features=4, hidden=8, seed=0):
 
 def sgd():
     return keras.optimizers.SGD(0.01, momentum=0.9)
+
+
+def seed_model(clipping=None, lr=0.07, steps_per_execution=1, jit_compile=True, on_nonfinite="skip"):
+    """The seed experiment's model: Dense(25, relu) -> Dense(1), SGD(lr, momentum 0.8), MSE, compiled."""
+    inputs = keras.Input((20,))
+    hidden = keras.layers.Dense(25, activation="relu", name="hidden")(inputs)
+    model = kc.ClippingModel(inputs, keras.layers.Dense(1, name="out")(hidden))
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr, momentum=0.8),
+        loss="mse",
+        clipping=clipping,
+        on_nonfinite=on_nonfinite,
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    return model

@@ -16,6 +16,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 import keras_clip as kc
 from keras_clip.callbacks import layout
 from keras_clip.callbacks.recorder import StepRecorder
+from tests.helpers import seed_model
 
 STEPS_PER_EPOCH = 8  # 1000 samples, batch 128
 OUR_SCALARS = {
@@ -27,21 +28,6 @@ OUR_SCALARS = {
     "clipping/nonfinite_steps",
 }
 PATHS = ["hidden/kernel", "hidden/bias", "out/kernel", "out/bias"]
-
-
-def seed_model(clipping=None, lr=0.07, steps_per_execution=1, jit_compile=True):
-    """The seed experiment's model: Dense(25, relu) -> Dense(1), SGD with momentum."""
-    inputs = keras.Input((20,))
-    hidden = keras.layers.Dense(25, activation="relu", name="hidden")(inputs)
-    model = kc.ClippingModel(inputs, keras.layers.Dense(1, name="out")(hidden))
-    model.compile(
-        optimizer=keras.optimizers.SGD(lr, momentum=0.8),
-        loss="mse",
-        clipping=clipping,
-        steps_per_execution=steps_per_execution,
-        jit_compile=jit_compile,
-    )
-    return model
 
 
 def read_run(log_dir):
@@ -192,13 +178,15 @@ def test_attaching_retraces_and_step_axis_counts_every_batch(tmp_path, seed_data
     assert [s for s, _ in scalars(read_run(tmp_path / "b"), "grad_norm/pre_clip")] == list(range(25, 33))
 
 
-def test_strategy_statistics_and_no_threshold(tmp_path, small_data):
+def test_value_threshold_is_kept_off_the_norm_chart(tmp_path, small_data):
     x, y = small_data
     inputs = keras.Input((4,))
     model = kc.ClippingModel(inputs, keras.layers.Dense(1)(inputs))
     model.compile(optimizer="sgd", loss="mse", clipping=kc.ClipByValue(0.5))
     model.fit(x, y, batch_size=16, verbose=0, callbacks=[kc.GradientNormLogger(tmp_path, write_layout=False)])
-    assert set(read_run(tmp_path)) == OUR_SCALARS - {"grad_norm/threshold"}
+    events = read_run(tmp_path)
+    assert set(events) == OUR_SCALARS - {"grad_norm/threshold"} | {"clipping/value_threshold"}
+    assert {v for _, v in scalars(events, "clipping/value_threshold")} == {0.5}
 
 
 def test_model_is_not_kept_alive(tmp_path, small_data):

@@ -1,5 +1,6 @@
 """GradientSpikeMonitor: fires before NaN on the seed run, silent on healthy runs."""
 
+import functools
 import math
 import os
 import re
@@ -13,22 +14,10 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 import keras_clip as kc
 from keras_clip.callbacks import GradientSpikeWarning, SpikeEvent
 from keras_clip.callbacks.spike import SpikeDetector
+from tests import helpers
 
-
-def seed_model(clipping=None, lr=0.07, steps_per_execution=1):
-    """The seed run: Dense(25, relu) -> Dense(1), SGD(lr, momentum 0.8), MSE."""
-    inputs = keras.Input((20,))
-    hidden = keras.layers.Dense(25, activation="relu", name="hidden")(inputs)
-    model = kc.ClippingModel(inputs, keras.layers.Dense(1, name="out")(hidden))
-    model.compile(
-        optimizer=keras.optimizers.SGD(lr, momentum=0.8),
-        loss="mse",
-        clipping=clipping,
-        on_nonfinite="propagate",
-        steps_per_execution=steps_per_execution,
-        jit_compile=True,
-    )
-    return model
+# The seed run with the non-finite steps applied, as in plain Keras: the monitor must see them.
+seed_model = functools.partial(helpers.seed_model, on_nonfinite="propagate")
 
 
 def test_stops_the_seed_run_before_the_loss_turns_nan(tmp_path, seed_data):

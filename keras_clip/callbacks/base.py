@@ -1,4 +1,4 @@
-"""What the gradient callbacks share: hooking the recorder for the length of `fit()`."""
+"""What the gradient callbacks share: the recorder for the length of `fit()`, an event writer."""
 
 from __future__ import annotations
 
@@ -8,22 +8,33 @@ from typing import Any
 import keras
 
 from keras_clip.callbacks import recorder as recorder_lib
+from keras_clip.callbacks.writer import EventWriter
 
 
 class RecordingCallback(keras.callbacks.Callback):
     """Base class: attaches the step recorder for the length of `fit()`.
 
     Subclasses call `_new_steps()` from a batch or epoch hook to get every
-    step recorded since their last call, oldest first.
+    step recorded since their last call, oldest first, and write through
+    `_train_writer`, created on first use under `self.log_dir` and closed when
+    `fit()` ends.
     """
 
     _per_variable = False
     _gradients = False
+    log_dir: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self._cursor = 0
         self._attached = False
+        self._writer: EventWriter | None = None
+
+    @property
+    def _train_writer(self) -> EventWriter:
+        if self._writer is None:
+            self._writer = EventWriter(self.log_dir)
+        return self._writer
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self._attached:
@@ -39,6 +50,9 @@ class RecordingCallback(keras.callbacks.Callback):
         if self._attached:
             recorder_lib.detach(self.model)
             self._attached = False
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def _new_steps(self, latest_only: bool = False) -> list[recorder_lib.RecordedStep]:
         steps = recorder_lib.recorder_of(self.model).read(self._cursor, latest_only=latest_only)

@@ -8,7 +8,6 @@ from typing import Any
 from keras_clip.callbacks import layout
 from keras_clip.callbacks.base import RecordingCallback, validate_log_dir
 from keras_clip.callbacks.recorder import RecordedStep, recorder_of
-from keras_clip.callbacks.writer import EventWriter
 
 # Runs this process already wrote the custom-scalars layout to (once is enough).
 _RUNS_WITH_LAYOUT: set[str] = set()
@@ -93,13 +92,6 @@ class GradientNormLogger(RecordingCallback):
         self.write_layout = _validate_bool("write_layout", write_layout)
         self._per_variable = self.per_variable
         self._gradients = self.histogram_freq > 0
-        self._writer: EventWriter | None = None
-
-    @property
-    def _train_writer(self) -> EventWriter:
-        if self._writer is None:
-            self._writer = EventWriter(self.log_dir)
-        return self._writer
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
@@ -123,12 +115,6 @@ class GradientNormLogger(RecordingCallback):
             self._write_histograms()
         if self._writer is not None:
             self._writer.flush()
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_end(logs)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
     def _write_step(self, recorded: RecordedStep) -> None:
         scalars = layout.scalars_of(recorded.stats)

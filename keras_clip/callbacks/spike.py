@@ -14,7 +14,6 @@ import keras
 
 from keras_clip.callbacks import layout
 from keras_clip.callbacks.base import RecordingCallback, validate_log_dir
-from keras_clip.callbacks.writer import EventWriter
 from keras_clip.strategies import _validation
 
 ACTIONS = ("warn", "stop")
@@ -198,7 +197,6 @@ class GradientSpikeMonitor(RecordingCallback):
         self.log_dir = None if log_dir is None else validate_log_dir(log_dir)
         self.events: list[SpikeEvent] = []
         self._detector = self._new_detector()
-        self._writer: EventWriter | None = None
 
     def _new_detector(self) -> SpikeDetector:
         return SpikeDetector(self.factor, self.window, self.warmup, self.growth_steps, self.growth_factor)
@@ -218,19 +216,11 @@ class GradientSpikeMonitor(RecordingCallback):
             if event is not None:
                 self._report(event)
 
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_end(logs)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
     def _report(self, event: SpikeEvent) -> None:
         self.events.append(event)
         if self.log_dir is not None:
-            if self._writer is None:
-                self._writer = EventWriter(self.log_dir)
-            self._writer.text(event.step, layout.SPIKE, event.message)
-            self._writer.flush()
+            self._train_writer.text(event.step, layout.SPIKE, event.message)
+            self._train_writer.flush()
         if callable(self.action):
             self.action(event)
             return

@@ -24,6 +24,10 @@ class ClipByValue(ClipStrategy):
     The cheapest clip, but it changes the gradient's direction whenever some
     entries are clipped and others are not (Goodfellow et al., 2016).
 
+    Stats: `grad_norm`, `clipped_grad_norm` (global L2 norms, the latter
+    measured again: clipping entries has no closed form for it) and
+    `value_threshold` (`clip_value`).
+
     Args:
         clip_value: Float. Positive finite bound on each entry's magnitude.
 
@@ -46,14 +50,27 @@ class ClipByValue(ClipStrategy):
         _, pre = l2_norms(grads)
         clipped = [ops.clip_values(g, self.clip_value) for g in grads]
         _, post = l2_norms(clipped)
-        return clipped, {"grad_norm": pre, "clipped_grad_norm": post}
+        # A bound on entries, not on a norm: named apart from `threshold` (logged as `clipping/value_threshold`).
+        return clipped, {"grad_norm": pre, "clipped_grad_norm": post, "value_threshold": tf.constant(self.clip_value)}
 
     def get_config(self) -> dict[str, Any]:
         return {"clip_value": self.clip_value}
 
 
+class _NormBound(ClipStrategy):
+    """Base of the strategies that bound a norm: validates and stores `max_norm` and `norm_type`."""
+
+    def __init__(self, max_norm: float, norm_type: int | float | str = 2) -> None:
+        super().__init__()
+        self.max_norm = _validation.positive_finite("max_norm", max_norm)
+        self.norm_type = ops.canonical_norm_type(norm_type)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm, "norm_type": _norm_type_config(self.norm_type)}
+
+
 @keras.saving.register_keras_serializable(package="keras_clip")
-class ClipByNorm(ClipStrategy):
+class ClipByNorm(_NormBound):
     """Rescales each variable's gradient on its own so its norm is <= `max_norm`.
 
     For each gradient `g` with `n = ||g||` (1-, 2- or inf-norm), returns
@@ -79,11 +96,6 @@ class ClipByNorm(ClipStrategy):
         neural networks](https://arxiv.org/abs/1211.5063), 2013.
     """
 
-    def __init__(self, max_norm: float, norm_type: int | float | str = 2) -> None:
-        super().__init__()
-        self.max_norm = _validation.positive_finite("max_norm", max_norm)
-        self.norm_type = ops.canonical_norm_type(norm_type)
-
     def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
         squares, pre = l2_norms(grads)
         if self.norm_type == 2.0:
@@ -98,12 +110,9 @@ class ClipByNorm(ClipStrategy):
         # logger does not draw it on the global-norm chart.
         return clipped, {"grad_norm": pre, "clipped_grad_norm": post, "variable_threshold": tf.constant(self.max_norm)}
 
-    def get_config(self) -> dict[str, Any]:
-        return {"max_norm": self.max_norm, "norm_type": _norm_type_config(self.norm_type)}
-
 
 @keras.saving.register_keras_serializable(package="keras_clip")
-class ClipByGlobalNorm(ClipStrategy):
+class ClipByGlobalNorm(_NormBound):
     """Rescales all gradients together so their joint norm is <= `max_norm`.
 
     With `n` the norm of all gradients concatenated into one vector, every
@@ -126,11 +135,6 @@ class ClipByGlobalNorm(ClipStrategy):
         neural networks](https://arxiv.org/abs/1211.5063), 2013.
     """
 
-    def __init__(self, max_norm: float, norm_type: int | float | str = 2) -> None:
-        super().__init__()
-        self.max_norm = _validation.positive_finite("max_norm", max_norm)
-        self.norm_type = ops.canonical_norm_type(norm_type)
-
     def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
         _, pre = l2_norms(grads)
         measured = (
@@ -146,6 +150,3 @@ class ClipByGlobalNorm(ClipStrategy):
             "threshold": tf.constant(self.max_norm),
         }
         return clipped, stats
-
-    def get_config(self) -> dict[str, Any]:
-        return {"max_norm": self.max_norm, "norm_type": _norm_type_config(self.norm_type)}
