@@ -1,4 +1,4 @@
-"""Adaptive strategies inside a model: save/load, checkpoints, the seed experiment."""
+"""Adaptive strategies inside a model: save/load, checkpoints, the seed experiment, outliers."""
 
 import keras
 import numpy as np
@@ -182,3 +182,29 @@ def test_zclip_defaults_act_as_their_max_norm_cap_on_the_seed_experiment(seed_lo
     # Every norm here is far above the default max_norm=1.0, so ZClip's cap decides
     # every step and its losses are ClipByGlobalNorm(1.0)'s.
     np.testing.assert_allclose(seed_losses["ZClip()"][0], seed_losses["ClipByGlobalNorm(1.0)"][0], rtol=1e-5)
+
+
+def _clean_error_with_outliers(seed_data, clipping) -> float:
+    """Five targets of the seed data made 10x too large, a safe SGD(0.001, momentum=0.8), 30 epochs;
+    returns the trained model's MSE on the clean targets."""
+    x, y = seed_data
+    noisy = y.copy()
+    noisy[np.random.default_rng(0).choice(len(y), 5, replace=False)] *= 10
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((20,))
+    hidden = keras.layers.Dense(25, activation="relu")(inputs)
+    model = keras_clip.ClippingModel(inputs, keras.layers.Dense(1)(hidden))
+    optimizer = keras.optimizers.SGD(0.001, momentum=0.8)
+    model.compile(optimizer=optimizer, loss="mse", clipping=clipping, jit_compile=True, steps_per_execution=8)
+    model.fit(x, noisy, batch_size=128, epochs=30, verbose=0)
+    return model.evaluate(x, y, verbose=0)
+
+
+def test_autoclip_defaults_cut_outlier_spikes_without_a_threshold_to_pick(seed_data):
+    # Where AutoClip is meant to work: a learning rate that is safe for the typical step, and
+    # batches whose outliers spike the gradient. Its default percentile of the run's own norms
+    # keeps the model two orders of magnitude closer to the clean targets than no clipping
+    # (measured: clean MSE 16 against 2.3e4; ClipByGlobalNorm(1.0) barely moves at this rate, 3.2e4).
+    unclipped = _clean_error_with_outliers(seed_data, None)
+    autoclipped = _clean_error_with_outliers(seed_data, AutoClip())
+    assert np.isfinite(unclipped) and autoclipped < 0.01 * unclipped
