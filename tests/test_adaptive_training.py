@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import keras_clip
 from keras_clip import AdaptiveGradClip, AutoClip, ByVariable, Chain, ClipByGlobalNorm, ClipByValue, ZClip
+from keras_clip.cli import problems
 
 # Every adaptive strategy, nested, with settings that make each clip on the tiny problem.
 STATEFUL = {
@@ -171,7 +172,7 @@ def test_autoclip_cannot_shrink_a_step_that_is_always_too_large(seed_losses):
     # The published rule clips to a percentile of the run's own norms: it cuts a spike back to the
     # typical step but never shrinks the typical step, and at SGD(0.07, momentum=0.8) the typical
     # step is what diverges. The loss climbs by many orders of magnitude; no percentile or history
-    # size converges (benchmarks/seed_adaptive.py, table in docs/strategies.md).
+    # size converges (benchmarks/adaptive_problems.py, table in docs/strategies.md).
     loss, _ = seed_losses["AutoClip()"]
     reference, _ = seed_losses["ClipByGlobalNorm(1.0)"]
     assert loss.max() > 1e6 * reference[0]
@@ -188,8 +189,7 @@ def _clean_error_with_outliers(seed_data, clipping) -> float:
     """Five targets of the seed data made 10x too large, a safe SGD(0.001, momentum=0.8), 30 epochs;
     returns the trained model's MSE on the clean targets."""
     x, y = seed_data
-    noisy = y.copy()
-    noisy[np.random.default_rng(0).choice(len(y), 5, replace=False)] *= 10
+    noisy = problems.with_outliers(y)
     keras.utils.set_random_seed(1)
     inputs = keras.Input((20,))
     hidden = keras.layers.Dense(25, activation="relu")(inputs)

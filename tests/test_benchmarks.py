@@ -29,13 +29,15 @@ def runs():
             stderr=subprocess.PIPE,
             text=True,
         )
-        for script in ("bench_step.py", "bench_logging.py", "seed_adaptive.py")
+        for script in ("bench_step.py", "bench_logging.py", "adaptive_problems.py")
     }
     yield started
     for process in started.values():
         if process.poll() is None:
             process.kill()
-            process.communicate()
+        for stream in (process.stdout, process.stderr):
+            stream.close()
+        process.wait()
 
 
 def _output(runs, script):
@@ -65,8 +67,18 @@ def test_bench_logging_tiny_prints_its_table(runs):
         assert variant in out
 
 
-def test_seed_adaptive_tiny_prints_one_row_per_run(runs):
-    out = _output(runs, "seed_adaptive.py")
-    rows = re.findall(r"^\| (.+?) \| .* \| (diverged|converged|stalled) \|$", out, flags=re.MULTILINE)
-    assert [label for label, _ in rows] == ["none", "ClipByGlobalNorm(1.0)", "AutoClip()", "ZClip()"]
-    assert dict(rows)["none"] == "diverged"  # NaN within 2 epochs, as in plain Keras
+def _table(section: str) -> dict[str, list[str]]:
+    """Label -> cells of each data row of a markdown table."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    return {cells[0]: cells[1:] for cells in rows[2:]}  # after the header and the --- line
+
+
+def test_adaptive_problems_tiny_prints_both_tables(runs):
+    out = _output(runs, "adaptive_problems.py")
+    cliff, outliers = out.split("### 2.")
+    cliff, outliers = _table(cliff), _table(outliers)
+    assert list(cliff) == ["none", "ClipByGlobalNorm(1.0)", "AutoClip()", "ZClip()"]
+    assert cliff["none"][-1] == "diverged"  # NaN within 2 epochs, as in plain Keras
+    assert {row[-1] for row in cliff.values()} <= {"diverged", "converged", "stalled"}
+    assert list(outliers) == ["none", "AutoClip()"]
+    assert outliers["none"][-1] == "1" and float(outliers["AutoClip()"][0]) > 0

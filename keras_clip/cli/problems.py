@@ -41,6 +41,23 @@ def regression_data(
     return x, y.astype("float32")
 
 
+def with_outliers(y: np.ndarray, count: int = 5, factor: float = 10.0, seed: int = 0) -> np.ndarray:
+    """A copy of the targets `y` with `count` of them, chosen at random, times `factor`.
+
+    At a learning rate that is safe on the clean data, the batches holding
+    an outlier give gradient spikes: the case adaptive clipping is made for.
+
+    Args:
+        y: Float array of shape `(n, 1)`.
+        count: Integer. How many targets to corrupt.
+        factor: Float. What they are multiplied by.
+        seed: Integer. Random seed of the choice.
+    """
+    noisy = y.copy()
+    noisy[np.random.default_rng(seed).choice(len(y), count, replace=False)] *= factor
+    return noisy
+
+
 def integrator_data(n: int = 1000, steps: int = 40, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Sequences whose target is the scaled sum of all their steps.
 
