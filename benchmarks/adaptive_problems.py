@@ -15,7 +15,7 @@
 
 Same model, seed and data for every row.
 
-    python benchmarks/adaptive_problems.py            # 24 + 10 runs, about 2 minutes
+    python benchmarks/adaptive_problems.py            # 35 + 9 runs, about 3 minutes
     python benchmarks/adaptive_problems.py --tiny     # smoke test: 2 epochs, a few runs
 """
 
@@ -57,7 +57,9 @@ def seed_strategies(tiny: bool) -> dict[str, kc.ClipStrategy | None]:
         "ZClip(z_threshold=1.0, max_norm=None)": kc.ZClip(z_threshold=1.0, max_norm=None),
         "AdaptiveGradClip(0.01)": kc.AdaptiveGradClip(0.01),
         "AdaptiveGradClip(0.05)": kc.AdaptiveGradClip(0.05),
+        "ClipByGlobalNorm(30.0)": kc.ClipByGlobalNorm(30.0),
         "Chain(ClipByGlobalNorm(3.0), AutoClip())": kc.Chain(kc.ClipByGlobalNorm(3.0), kc.AutoClip()),
+        "Chain(ClipByGlobalNorm(30.0), AutoClip())": kc.Chain(kc.ClipByGlobalNorm(30.0), kc.AutoClip()),
         "Chain(ClipByGlobalNorm(100.0), AutoClip())": kc.Chain(kc.ClipByGlobalNorm(100.0), kc.AutoClip()),
     }
     return {**fixed, **autoclip, **others}
