@@ -148,6 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if importlib.util.find_spec("matplotlib") is None:
-        args.subparser.error("the figures need matplotlib: pip install matplotlib (or pip install -e '.[dev]').")
+        args.subparser.error("the figures need matplotlib: pip install 'keras-clip[demo]' (or pip install matplotlib).")
     args.logdir = str(check_writable(args.subparser, args.logdir))
     return _command(args.command)(args)
