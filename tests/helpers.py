@@ -1,6 +1,8 @@
 """Small model builders shared by the tests."""
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 import keras_clip as kc
 
@@ -32,3 +34,31 @@ def seed_model(clipping=None, lr=0.07, steps_per_execution=1, jit_compile=True, 
         jit_compile=jit_compile,
     )
     return model
+
+
+def unit_direction(seed: int = 0):
+    """Two variables (a kernel and a bias) and a fixed unit-norm direction across their gradients."""
+    rng = np.random.default_rng(seed)
+    variables = [keras.Variable(np.zeros((4, 3), "float32"), name="w"), keras.Variable(np.zeros(3, "float32"))]
+    direction = [rng.normal(size=(4, 3)), rng.normal(size=3)]
+    total = np.sqrt(sum(np.sum(d**2) for d in direction))
+    return variables, [tf.constant(d / total, tf.float32) for d in direction]
+
+
+def clip_norm_sequence(strategy, norms, jit: bool, seed: int = 0) -> np.ndarray:
+    """Feeds `strategy` one gradient per norm, all along one fixed direction.
+
+    Checks each clipped gradient is the input rescaled by the reported factor and returns one row
+    per step: `(threshold, clipped_grad_norm, grad_norm)` as the strategy reported them.
+    """
+    variables, direction = unit_direction(seed)
+    step = tf.function(lambda g: strategy.clip(g, variables), jit_compile=True)
+    rows = []
+    for n in norms:
+        grads = [d * n for d in direction]
+        clipped, stats = step(grads) if jit else strategy.clip(grads, variables)
+        rows.append((float(stats["threshold"]), float(stats["clipped_grad_norm"]), float(stats["grad_norm"])))
+        ratio = rows[-1][1] / rows[-1][2] if rows[-1][2] != 0 else 1.0
+        for g, c in zip(grads, clipped):
+            np.testing.assert_allclose(c.numpy(), g.numpy() * ratio, rtol=1e-4, atol=1e-6)
+    return np.array(rows)

@@ -8,6 +8,7 @@ import tensorflow as tf
 import keras_clip
 from keras_clip import AutoClip
 from keras_clip.strategies.autoclip import ring_percentile
+from tests.helpers import clip_norm_sequence, unit_direction
 
 
 def autoclip_reference(norms, percentile: float, history_size: int):
@@ -30,27 +31,9 @@ def spiky_norms(steps: int = 200, seed: int = 0) -> np.ndarray:
     return norms.astype(np.float32)
 
 
-def synthetic_problem(seed: int = 0):
-    """Two variables and a fixed unit direction across them."""
-    rng = np.random.default_rng(seed)
-    variables = [keras.Variable(np.zeros((3, 2), "float32"), name="w"), keras.Variable(np.zeros(4, "float32"))]
-    direction = [rng.normal(size=(3, 2)), rng.normal(size=4)]
-    total = np.sqrt(sum(np.sum(d**2) for d in direction))
-    return variables, [tf.constant(d / total, tf.float32) for d in direction]
-
-
 def run(strategy, norms, jit: bool):
-    variables, direction = synthetic_problem()
-    step = tf.function(lambda g: strategy.clip(g, variables), jit_compile=True)
-    rows = []
-    for n in norms:
-        grads = [d * n for d in direction]
-        clipped, stats = step(grads) if jit else strategy.clip(grads, variables)
-        rows.append((float(stats["threshold"]), float(stats["clipped_grad_norm"]), float(stats["grad_norm"])))
-        np.testing.assert_allclose(
-            clipped[0].numpy(), grads[0].numpy() * rows[-1][1] / max(rows[-1][2], 1e-30), rtol=1e-4, atol=1e-6
-        )
-    return np.array(rows)
+    """Rows of (threshold, clipped norm, pre-clip norm)."""
+    return clip_norm_sequence(strategy, norms, jit)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +61,7 @@ def test_nonfinite_norm_is_not_recorded_and_passes_through():
     strategy = AutoClip(50.0, history_size=4)
     norms = np.array([1.0, 2.0, np.nan, np.inf, 3.0], np.float32)
     got = run(strategy, norms[:2], jit=False)
-    variables, direction = synthetic_problem()
+    variables, direction = unit_direction()
     clipped, stats = strategy.clip([d * np.float32("nan") for d in direction], variables)
     assert np.isnan(clipped[0].numpy()).all() and np.isnan(float(stats["grad_norm"]))
     history, count = (v.numpy() for v in strategy.variables)
@@ -98,7 +81,7 @@ def test_ring_percentile_ignores_unwritten_slots_and_empty_is_inf():
 def test_state_is_built_once_on_first_standalone_use():
     strategy = AutoClip(history_size=8)
     assert strategy.variables == []
-    variables, direction = synthetic_problem()
+    variables, direction = unit_direction()
     strategy.clip(direction, variables)
     first = strategy.variables
     strategy.clip(direction, variables)
