@@ -27,8 +27,10 @@ from keras_clip.strategies import (
 )
 from keras_clip.training import (
     NONFINITE_POLICIES,
+    ClipReport,
     ClippingMixin,
     ClippingModel,
+    ClippingOptimizer,
     ClippingSequential,
     NonFiniteGradientError,
 )
@@ -44,9 +46,11 @@ __all__ = [
     "ClipByGlobalNorm",
     "ClipByNorm",
     "ClipByValue",
+    "ClipReport",
     "ClipStrategy",
     "ClippingMixin",
     "ClippingModel",
+    "ClippingOptimizer",
     "ClippingSequential",
     "GradientNormLogger",
     "GradientSpikeMonitor",

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_clip as kc
 from keras_clip import ops
-from tests.helpers import mlp
+from tests.helpers import mlp, sgd
 
 
 class MixinNet(kc.ClippingMixin, keras.Model):
@@ -28,7 +28,8 @@ class MixinNet(kc.ClippingMixin, keras.Model):
 
 def _fit(model, data, **compile_kwargs):
     x, y = data
-    model.compile(optimizer="sgd", loss="mse", **compile_kwargs)
+    compile_kwargs.setdefault("optimizer", "sgd")
+    model.compile(loss="mse", **compile_kwargs)
     return model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
 
 
@@ -37,7 +38,8 @@ def test_mixin_subclass_with_unused_variable(small_data, jit):
     model = MixinNet()
     model.build((None, 4))
     before = [w.copy() for w in model.unused.get_weights()]
-    history = _fit(model, small_data, clipping=kc.ClipByGlobalNorm(0.1), jit_compile=jit)
+    with pytest.warns(UserWarning, match=r"Gradients do not exist for variables \['mixin_net[_0-9]*/dense[_0-9]*/kernel'"):
+        history = _fit(model, small_data, clipping=kc.ClipByGlobalNorm(0.1), jit_compile=jit)
     assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6
     for a, b in zip(before, model.unused.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -54,7 +56,8 @@ def test_models_built_on_first_use(small_data, jit):
     history = _fit(sequential, small_data, clipping=kc.ClipByGlobalNorm(0.1), jit_compile=jit)
     assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6
     subclassed = MixinNet()
-    history = _fit(subclassed, small_data, clipping=kc.ClipByGlobalNorm(0.1), jit_compile=jit)
+    with pytest.warns(UserWarning, match="Gradients do not exist"):  # its `unused` layer
+        history = _fit(subclassed, small_data, clipping=kc.ClipByGlobalNorm(0.1), jit_compile=jit)
     assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6
 
 
@@ -127,16 +130,25 @@ def test_embedding_gradient_stays_sparse_and_is_clipped_exactly(jit):
 def test_clip_gradients_hook_can_be_overridden(small_data):
     calls = []
 
-    class Halving(kc.ClippingModel):
+    class Halving(kc.ClippingOptimizer):
         def clip_gradients(self, grads, variables):
             calls.append(len(grads))
             halved = [ops.scale(g, tf.constant(0.5)) for g in grads]
             norm = ops.global_norm(grads)
             return halved, {"grad_norm": norm, "clipped_grad_norm": norm / 2}
 
-    model = mlp(Halving)
-    history = _fit(model, small_data)
+    model = mlp()
+    history = _fit(model, small_data, optimizer=Halving(sgd()))
     assert calls and history["clipped_grad_norm"][0] == pytest.approx(history["grad_norm"][0] / 2)
+
+
+def test_a_clip_hook_left_on_the_model_is_refused():
+    class OldStyle(kc.ClippingModel):
+        def clip_gradients(self, grads, variables):
+            return grads, {}
+
+    with pytest.raises(TypeError, match="a subclass of `keras_clip.ClippingOptimizer`"):
+        mlp(OldStyle).compile(optimizer="sgd", loss="mse")
 
 
 def test_compile_refuses_optimizer_clipping():

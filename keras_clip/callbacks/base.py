@@ -1,23 +1,26 @@
-"""What the gradient callbacks share: the recorder for the length of `fit()`, an event writer."""
+"""What the gradient callbacks share: the recorders of the model's optimizers, an event writer."""
 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 import keras
 
-from keras_clip.callbacks import recorder as recorder_lib
 from keras_clip.callbacks.writer import EventWriter
+from keras_clip.training import recorder as recorder_lib
+from keras_clip.training.optimizer import ClippingOptimizer, clipping_optimizers
 
 
 class RecordingCallback(keras.callbacks.Callback):
-    """Base class: attaches the step recorder for the length of `fit()`.
+    """Base class: asks every `ClippingOptimizer` of the model to record, for the length of `fit()`.
 
     Subclasses call `_new_steps()` from a batch or epoch hook to get every
-    step recorded since their last call, oldest first, and write through
-    `_train_writer`, created on first use under `self.log_dir` and closed when
-    `fit()` ends.
+    update recorded since their last call, oldest first, as `(prefix, step)`
+    pairs (prefix `""` for `model.optimizer`, `"d_optimizer/"` for another
+    attribute), and write through `_train_writer`, created on first use
+    under `self.log_dir` and closed when `fit()` ends.
     """
 
     _per_variable = False
@@ -26,8 +29,8 @@ class RecordingCallback(keras.callbacks.Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cursor = 0
-        self._attached = False
+        self._cursors: dict[int, int] = {}
+        self._optimizers: list[tuple[str, ClippingOptimizer]] = []
         self._writer: EventWriter | None = None
 
     @property
@@ -37,28 +40,54 @@ class RecordingCallback(keras.callbacks.Callback):
         return self._writer
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if not self._attached:
-            recorder = recorder_lib.attach(
-                self.model, type(self).__name__, per_variable=self._per_variable, gradients=self._gradients
+        self._optimizers = clipping_optimizers(self.model)
+        if not self._optimizers:
+            raise ValueError(
+                f"`{type(self).__name__}` needs a model whose optimizer clips and measures gradients: "
+                "compile a `keras_clip.ClippingModel`, `ClippingSequential` or `ClippingMixin` model, "
+                "or give the model a `keras_clip.ClippingOptimizer`. "
+                f"Received: model of type {type(self.model).__name__} with optimizer "
+                f"{type(getattr(self.model, 'optimizer', None)).__name__}"
             )
-            self._attached = True
-        else:
-            recorder = recorder_lib.recorder_of(self.model)
-        self._cursor = recorder.current_step()
+        size = max(int(getattr(self.model, "steps_per_execution", 1) or 1), 1)
+        retrace = False
+        for _, optimizer in self._optimizers:
+            recorder = recorder_lib.attach(
+                optimizer, self.model.distribute_strategy, size, per_variable=self._per_variable,
+                gradients=self._gradients,
+            )
+            if recorder is not None:
+                retrace = retrace or _traced_without(self.model, recorder)
+            self._cursors[id(optimizer)] = recorder.current_step() if recorder is not None else 0
+        if retrace:
+            self.model.make_train_function(force=True)
+        for _, optimizer in self._optimizers:
+            if optimizer.recorder is not None and self.model.train_function is not None:
+                optimizer.recorder.bound_function = weakref.ref(self.model.train_function)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._attached:
-            recorder_lib.detach(self.model)
-            self._attached = False
+        for _, optimizer in self._optimizers:
+            recorder_lib.detach(optimizer)
+        self._optimizers = []
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
-    def _new_steps(self, latest_only: bool = False) -> list[recorder_lib.RecordedStep]:
-        steps = recorder_lib.recorder_of(self.model).read(self._cursor, latest_only=latest_only)
-        if steps:
-            self._cursor = steps[-1].step
-        return steps
+    def _new_steps(self, latest_only: bool = False) -> list[tuple[str, recorder_lib.RecordedStep]]:
+        found = []
+        for prefix, optimizer in self._optimizers:
+            if optimizer.recorder is None:
+                continue
+            steps = optimizer.recorder.read(self._cursors.get(id(optimizer), 0), latest_only=latest_only)
+            if steps:
+                self._cursors[id(optimizer)] = steps[-1].step
+            found += [(prefix, step) for step in steps]
+        return found
+
+
+def _traced_without(model: keras.Model, recorder: recorder_lib.StepRecorder) -> bool:
+    """Whether the model's train function exists but was traced without this recorder."""
+    return model.train_function is not None and model.train_function is not recorder.bound_function()
 
 
 def validate_log_dir(log_dir: Any, name: str = "log_dir") -> str:

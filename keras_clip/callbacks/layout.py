@@ -7,7 +7,8 @@ layout cannot drift apart.
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, Sequence
 
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
@@ -18,6 +19,7 @@ THRESHOLD = "grad_norm/threshold"
 CLIP_FACTOR = "clipping/factor"
 CLIPPED = "clipping/clipped"
 NONFINITE_STEPS = "clipping/nonfinite_steps"
+SKIPPED_STEPS = "clipping/skipped_steps"
 SPIKE = "grad_norm/spike"
 PER_VARIABLE_PREFIX = "grad_norm_by_variable/"
 VARIABLE_THRESHOLD = PER_VARIABLE_PREFIX + "threshold"
@@ -30,6 +32,7 @@ _STAT_TAGS = {
     "threshold": THRESHOLD,
     "variable_threshold": VARIABLE_THRESHOLD,
     "nonfinite_steps": NONFINITE_STEPS,
+    "skipped_steps": SKIPPED_STEPS,
 }
 
 
@@ -63,26 +66,30 @@ def _factor(pre: float, post: float) -> float:
     return post / pre if pre > 0 else 1.0
 
 
-def layout() -> layout_pb2.Layout:
-    """The custom-scalars layout: pre-clip, post-clip and threshold on one chart."""
-    norms = layout_pb2.Chart(
-        title="Global gradient norm: pre-clip, post-clip, threshold",
-        multiline=layout_pb2.MultilineChartContent(
-            tag=[f"^{PRE_CLIP}$", f"^{POST_CLIP}$", f"^{THRESHOLD}$"]
-        ),
-    )
-    factor = layout_pb2.Chart(
-        title="Clip factor (post-clip / pre-clip) and clipped steps",
-        multiline=layout_pb2.MultilineChartContent(tag=[f"^{CLIP_FACTOR}$", f"^{CLIPPED}$"]),
-    )
-    nonfinite = layout_pb2.Chart(
-        title="Non-finite steps (total)",
-        multiline=layout_pb2.MultilineChartContent(tag=[f"^{NONFINITE_STEPS}$"]),
-    )
-    category = layout_pb2.Category(title="Gradient clipping", chart=[norms, factor, nonfinite])
-    return layout_pb2.Layout(category=[category])
+def layout(prefixes: Sequence[str] = ("",)) -> layout_pb2.Layout:
+    """The custom-scalars layout: pre-clip, post-clip and threshold on one chart.
+
+    Args:
+        prefixes: Sequence of str. One category per optimizer: `""` for the
+            model's optimizer, `"d_optimizer/"` for another.
+    """
+    return layout_pb2.Layout(category=[_category(prefix) for prefix in prefixes])
 
 
-def layout_summary() -> Any:
+def _category(prefix: str) -> layout_pb2.Category:
+    def chart(title: str, *tags: str) -> layout_pb2.Chart:
+        patterns = [f"^{re.escape(prefix + tag)}$" for tag in tags]
+        return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=patterns))
+
+    charts = [
+        chart("Global gradient norm: pre-clip, post-clip, threshold", PRE_CLIP, POST_CLIP, THRESHOLD),
+        chart("Clip factor (post-clip / pre-clip) and clipped steps", CLIP_FACTOR, CLIPPED),
+        chart("Non-finite and skipped steps (total)", NONFINITE_STEPS, SKIPPED_STEPS),
+    ]
+    title = "Gradient clipping" + (f" ({prefix.rstrip('/')})" if prefix else "")
+    return layout_pb2.Category(title=title, chart=charts)
+
+
+def layout_summary(prefixes: Sequence[str] = ("",)) -> Any:
     """The layout as a `Summary` proto, ready to write at any step."""
-    return custom_scalar_summary.pb(layout())
+    return custom_scalar_summary.pb(layout(prefixes))

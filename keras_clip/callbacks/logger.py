@@ -7,10 +7,10 @@ from typing import Any
 
 from keras_clip.callbacks import layout
 from keras_clip.callbacks.base import RecordingCallback, validate_log_dir
-from keras_clip.callbacks.recorder import RecordedStep, recorder_of
+from keras_clip.training.recorder import RecordedStep
 
 # Runs this process already wrote the custom-scalars layout to (once is enough).
-_RUNS_WITH_LAYOUT: set[str] = set()
+_RUNS_WITH_LAYOUT: set[tuple[str, tuple[str, ...]]] = set()
 
 
 class GradientNormLogger(RecordingCallback):
@@ -96,40 +96,41 @@ class GradientNormLogger(RecordingCallback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
         run = os.path.abspath(os.path.join(self.log_dir, "train"))
-        if self.write_layout and (run not in _RUNS_WITH_LAYOUT or not os.path.isdir(run)):
-            self._train_writer.summary(0, layout.layout_summary())
-            _RUNS_WITH_LAYOUT.add(run)
+        key = (run, tuple(prefix for prefix, _ in self._optimizers))
+        if self.write_layout and (key not in _RUNS_WITH_LAYOUT or not os.path.isdir(run)):
+            self._train_writer.summary(0, layout.layout_summary([prefix for prefix, _ in self._optimizers]))
+            _RUNS_WITH_LAYOUT.add(key)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.update_freq == "epoch":
             return
-        for recorded in self._new_steps():
+        for prefix, recorded in self._new_steps():
             if recorded.step % self.update_freq == 0:
-                self._write_step(recorded)
+                self._write_step(prefix, recorded)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.update_freq == "epoch":
-            for recorded in self._new_steps(latest_only=True):
-                self._write_step(recorded)
+            for prefix, recorded in self._new_steps(latest_only=True):
+                self._write_step(prefix, recorded)
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             self._write_histograms()
         if self._writer is not None:
             self._writer.flush()
 
-    def _write_step(self, recorded: RecordedStep) -> None:
+    def _write_step(self, prefix: str, recorded: RecordedStep) -> None:
         scalars = layout.scalars_of(recorded.stats)
         if self.per_variable:
             for path, value in recorded.variable_norms.items():
                 scalars[layout.PER_VARIABLE_PREFIX + path] = value
-        self._train_writer.scalars(recorded.step, scalars)
+        self._train_writer.scalars(recorded.step, {prefix + tag: value for tag, value in scalars.items()})
 
     def _write_histograms(self) -> None:
-        recorder = recorder_of(self.model)
-        step = recorder.current_step()
-        if step == 0:
-            return
-        for path, values in recorder.read_gradients().items():
-            self._train_writer.histogram(step, layout.HISTOGRAM_PREFIX + path, values)
+        for prefix, optimizer in self._optimizers:
+            recorder = optimizer.recorder
+            if recorder is None or recorder.current_step() == 0:
+                continue
+            for path, values in recorder.read_gradients().items():
+                self._train_writer.histogram(recorder.current_step(), prefix + layout.HISTOGRAM_PREFIX + path, values)
 
 
 def _validate_update_freq(update_freq: Any) -> str | int:

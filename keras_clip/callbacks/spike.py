@@ -36,12 +36,15 @@ class SpikeEvent:
             steps, by `growth_factor` or more in total) or `"nonfinite"`.
         reference: Float. The running median (`"spike"`), the norm where the
             rise began (`"growth"`), NaN for `"nonfinite"`.
+        optimizer: String. `""` for the model's optimizer, else the name of
+            the model attribute holding the optimizer (`"d_optimizer"`).
     """
 
     step: int
     norm: float
     reason: str
     reference: float = math.nan
+    optimizer: str = ""
 
     @property
     def message(self) -> str:
@@ -52,7 +55,8 @@ class SpikeEvent:
             detail = f"it rose at every step since it was {self.reference:.4g}"
         else:
             detail = "not finite (the loss or the weights are about to become NaN)"
-        return f"Exploding gradient at step {self.step}: pre-clip gradient norm {self.norm:.4g}, {detail}."
+        where = f" ({self.optimizer})" if self.optimizer else ""
+        return f"Exploding gradient{where} at step {self.step}: pre-clip gradient norm {self.norm:.4g}, {detail}."
 
 
 class SpikeDetector:
@@ -196,25 +200,30 @@ class GradientSpikeMonitor(RecordingCallback):
         self.action = _validate_action(action)
         self.log_dir = None if log_dir is None else validate_log_dir(log_dir)
         self.events: list[SpikeEvent] = []
-        self._detector = self._new_detector()
+        self._detectors: dict[str, SpikeDetector] = {}
 
     def _new_detector(self) -> SpikeDetector:
         return SpikeDetector(self.factor, self.window, self.warmup, self.growth_steps, self.growth_factor)
 
     def set_model(self, model: Any) -> None:
         if model is not getattr(self, "_model", None):
-            self._detector = self._new_detector()
+            self._detectors = {}
         super().set_model(model)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
-        self._detector.nonfinite = not isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer)
+        for prefix, optimizer in self._optimizers:
+            detector = self._detectors.setdefault(prefix, self._new_detector())
+            # Under loss scaling a non-finite gradient is an overflow, not an alarm.
+            holder = getattr(self.model, prefix.rstrip("/") or "optimizer", None)
+            scaled = (holder, optimizer.inner_optimizer)
+            detector.nonfinite = not any(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in scaled)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        for recorded in self._new_steps():
-            event = self._detector.update(recorded.step, recorded.stats.get("grad_norm", math.nan))
+        for prefix, recorded in self._new_steps():
+            event = self._detectors[prefix].update(recorded.step, recorded.stats.get("grad_norm", math.nan))
             if event is not None:
-                self._report(event)
+                self._report(dataclasses.replace(event, optimizer=prefix.rstrip("/")) if prefix else event)
 
     def _report(self, event: SpikeEvent) -> None:
         self.events.append(event)

@@ -1,4 +1,4 @@
-"""Models whose training step clips gradients (TensorFlow backend only)."""
+"""Where clipping happens: the optimizer update, and the models that configure it."""
 
 import keras
 
@@ -10,8 +10,18 @@ if keras.backend.backend() != "tensorflow":
         "`export KERAS_BACKEND=tensorflow`)."
     )
 
-from keras_clip.training.mixin import ClippingMixin  # noqa: E402
-from keras_clip.training.models import ClippingModel, ClippingSequential  # noqa: E402
-from keras_clip.training.policy import NONFINITE_POLICIES, NonFiniteGradientError  # noqa: E402
+from keras_clip.training.mixin import ClippingMixin
+from keras_clip.training.models import ClippingModel, ClippingSequential
+from keras_clip.training.optimizer import ClippingOptimizer
+from keras_clip.training.policy import NONFINITE_POLICIES, NonFiniteGradientError
+from keras_clip.training.report import ClipReport
 
-__all__ = ["ClippingMixin", "ClippingModel", "ClippingSequential", "NONFINITE_POLICIES", "NonFiniteGradientError"]
+__all__ = [
+    "ClipReport",
+    "ClippingMixin",
+    "ClippingModel",
+    "ClippingOptimizer",
+    "ClippingSequential",
+    "NONFINITE_POLICIES",
+    "NonFiniteGradientError",
+]

@@ -1,23 +1,16 @@
-"""`ClippingMixin`: a Keras `train_step` that clips where clipping is correct."""
+"""`ClippingMixin`: `compile(clipping=...)` for any Keras model."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import keras
-import tensorflow as tf
-from keras.src.losses import loss as loss_module
-from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_clip import ops
 from keras_clip.strategies import get as get_strategy
-from keras_clip.strategies.base import ClipStrategy, Stats
-from keras_clip.training import accumulation, update
+from keras_clip.strategies.base import ClipStrategy
+from keras_clip.training.optimizer import ClippingOptimizer, LossScaleOptimizer, clipping_optimizers, unwrap
 from keras_clip.training.policy import NonFiniteGradientError, validate_policy
-from keras_clip.training.state import ClipState
-
-_OPTIMIZER_CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
 
 
 class ClippingMixin:
@@ -26,15 +19,18 @@ class ClippingMixin:
     Use it first in the bases of a subclassed model
     (`class Net(ClippingMixin, keras.Model)`), or use `ClippingModel` /
     `ClippingSequential`. `compile()` takes two more arguments, `clipping` and
-    `on_nonfinite`; everything else about `compile()`, `fit()` and saving is
-    Keras's own.
+    `on_nonfinite`, and wraps the optimizer the model would otherwise use (the
+    one passed, or the parent class's default) in a `ClippingOptimizer`;
+    everything else about `compile()`, `fit()` and saving is Keras's own.
 
-    Each training step computes the gradient, sums it across replicas once,
-    removes the loss scale, applies the non-finite policy, clips it with the
-    strategy (through the overridable `clip_gradients` hook) and hands it to
-    the optimizer. It adds three entries to the logs and `History`:
+    Every update then sums the gradient across replicas once, removes the loss
+    scale, applies the non-finite policy, clips it with the strategy and
+    applies it. `train_step` adds three entries to the logs and `History`:
     `grad_norm` (global L2 norm before clipping), `clipped_grad_norm` (after)
-    and `nonfinite_steps` (non-finite steps met so far).
+    and `nonfinite_steps` (non-finite steps met so far). A model with its own
+    `train_step` is clipped as long as its gradients go through
+    `self.optimizer.apply` (or another `ClippingOptimizer`); it warns once if
+    they never do.
 
     Example:
 
@@ -55,15 +51,15 @@ class ClippingMixin:
     def compile(self, *args: Any, clipping: Any = None, on_nonfinite: str = "skip", **kwargs: Any) -> None:
         """Configures the model for training, with gradient clipping.
 
-        Takes every argument of `keras.Model.compile`, plus:
+        Takes every argument of the parent's `compile`, plus:
 
         Args:
             clipping: A `ClipStrategy`, a name (`"value"`, `"norm"`,
                 `"global_norm"`), a class name or a serialized dict (see
                 `keras_clip.get`). None (the default) clips nothing but still
                 reports the gradient norm.
-            on_nonfinite: String. What a step does when the gradient holds a
-                NaN or an infinity: `"skip"` (default) applies nothing, so
+            on_nonfinite: String. What an update does when the gradient holds
+                a NaN or an infinity: `"skip"` (default) applies nothing, so
                 weights, optimizer slots and the iteration counter stay as if
                 the batch was never seen; `"zero"` sets the non-finite entries
                 to 0 and goes on; `"raise"` skips the step too, then raises
@@ -79,182 +75,117 @@ class ClippingMixin:
         """
         strategy = get_strategy(clipping)
         policy = validate_policy(on_nonfinite)
-        if args:
-            args = (keras.optimizers.get(args[0]), *args[1:])
-        else:
-            kwargs["optimizer"] = keras.optimizers.get(kwargs.get("optimizer", "rmsprop"))
-        _refuse_double_clipping(args[0] if args else kwargs["optimizer"], strategy)
+        if hasattr(self, "clip_gradients"):
+            raise TypeError(
+                f"{type(self).__name__} defines `clip_gradients`, which the model no longer calls: "
+                "the clip hook lives on the optimizer. Move it to a subclass of "
+                "`keras_clip.ClippingOptimizer` (same signature) and pass "
+                "`optimizer=YourOptimizer(inner_optimizer, clipping=...)` to compile()."
+            )
         super().compile(*args, **kwargs)
         with self.distribute_strategy.scope():
-            self._clip_state = ClipState(strategy)
-        self._on_nonfinite = policy
+            self.optimizer = _wrap(self.optimizer, strategy, policy)
         self._nonfinite_seen = 0
         self._compile_config.config.update(clipping=strategy, on_nonfinite=policy)
 
     @property
     def clipping(self) -> ClipStrategy | None:
-        """The strategy given to `compile()` (None: monitoring only)."""
-        state = getattr(self, "_clip_state", None)
-        return state.strategy if state is not None else None
+        """The strategy of the model's `ClippingOptimizer` (None: monitoring only)."""
+        optimizer = unwrap(getattr(self, "optimizer", None))
+        return optimizer.clipping if optimizer is not None else None
 
     @property
     def on_nonfinite(self) -> str:
-        """The non-finite policy given to `compile()`."""
-        return getattr(self, "_on_nonfinite", "skip")
+        """The non-finite policy of the model's `ClippingOptimizer`."""
+        optimizer = unwrap(getattr(self, "optimizer", None))
+        return optimizer.on_nonfinite if optimizer is not None else "skip"
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
         """Compiles from `get_compile_config()`, restoring the clipping too."""
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.built:
-            self.optimizer.build(self.trainable_variables)
-            self._build_clip_state()
-
-    def _build_clip_state(self) -> None:
-        if not self._clip_state.built:
-            with self.distribute_strategy.scope():
-                self._clip_state.build(self.trainable_variables)
-
-    def _build_training_state(self) -> None:
-        """Creates the clipping state and the optimizer's variables, once.
-
-        The step reads the loss scale, which exists once the optimizer is
-        built, and stateful strategies size their state by the variables.
-        """
-        if getattr(self, "_clip_state", None) is not None:
-            self._build_clip_state()
-        if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
-    def make_train_function(self, force: bool = False) -> Any:
-        """Builds the clipping state, then Keras's train function.
+    def train_step(self, data: Any) -> dict[str, Any]:
+        """Keras's step (its update goes through the `ClippingOptimizer`), plus the clip's figures."""
+        logs = super().train_step(data)
+        optimizer = unwrap(self.optimizer)
+        if optimizer is None or not optimizer.built:
+            return logs
+        return {**logs, **optimizer.report().logs()}
 
-        A model built on first use (no `Input`) is built by the first trace
-        instead, and the state right after it (see `train_step`).
-        With `on_nonfinite="raise"` the function is wrapped to check the
+    def make_train_function(self, force: bool = False) -> Any:
+        """Keras's train function, checked after it runs.
+
+        After its first execution it warns once if the step never handed its
+        gradients to the `ClippingOptimizer` (a custom `train_step` that uses
+        another optimizer, or none). With `on_nonfinite="raise"` it checks the
         non-finite counter after each execution (one scalar read).
         """
-        if self.built:
-            self._build_training_state()
         rebuilt = self.train_function is None or force
         result = super().make_train_function(force)
-        if rebuilt and self.on_nonfinite == "raise":
-            self.train_function = self._raise_on_nonfinite(self.train_function)
+        optimizer = unwrap(self.optimizer)
+        if rebuilt and optimizer is not None:
+            self.train_function = self._checked(self.train_function, optimizer)
         return result if result is not None else self.train_function
 
-    def _raise_on_nonfinite(self, train_function: Any) -> Any:
+    def _checked(self, train_function: Any, optimizer: ClippingOptimizer) -> Any:
+        state = {"first": True}
+
+        def updates() -> int:
+            return sum(o.traced_updates for _, o in clipping_optimizers(self))
+
         def checked(iterator: Any) -> Any:
+            before = updates()
             logs = train_function(iterator)
-            seen = int(self._clip_state.nonfinite_steps.numpy())
-            if seen > self._nonfinite_seen:
-                self._nonfinite_seen = seen
-                raise NonFiniteGradientError(
-                    "A non-finite gradient (NaN or inf) was met; that step was not "
-                    f"applied ({seen} such steps so far). Lower the learning rate, "
-                    "clip harder, or compile with on_nonfinite='skip' to skip such steps."
-                )
+            if state["first"]:
+                state["first"] = False
+                bypassed = optimizer.clipping is not None and updates() == before
+                if bypassed and not getattr(self, "_bypass_warned", False):
+                    self._bypass_warned = True
+                    warnings.warn(_bypass_message(self, optimizer), UserWarning, stacklevel=2)
+            if optimizer.on_nonfinite == "raise":
+                self._raise_if_nonfinite(optimizer)
             return logs
 
         return checked
 
-    def train_step(self, data: Any) -> dict[str, Any]:
-        """One training step: forward, gradient, aggregate, unscale, clip, apply."""
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True) if self._call_has_training_arg else self(x)
-            self._build_training_state()  # no-op unless the call above just built the model
-            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            batch = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
-            self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=batch)
-            scaled_loss = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
-        variables = self.trainable_variables
-        stats: dict[str, Any] = {}
-        if variables:
-            grads = tape.gradient(scaled_loss, variables)
-            stats = self._clip_and_apply(grads, variables)
-        else:
-            warnings.warn("The model does not have any trainable weights.", stacklevel=2)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return {**logs, **stats}
-
-    def _clip_and_apply(self, grads: list[Any], variables: list[keras.Variable]) -> dict[str, tf.Tensor]:
-        grads = update.all_reduce(grads)
-        scale = update.loss_scale(self.optimizer)
-        grads = update.rescale(grads, scale, divide=True)
-        accumulating = accumulation.accumulation_steps(self.optimizer) is not None
-        # Under a loss scaler a non-finite gradient is an overflow: never zeroed, always skipped.
-        zeroing = self.on_nonfinite == "zero" and not isinstance(self.optimizer, update.LossScaleOptimizer)
-        finite = None
-        if zeroing or accumulating:
-            finite = ops.all_finite(grads)
-        if zeroing:
-            grads = [None if g is None else ops.zero_nonfinite(g) for g in grads]
-        if accumulating:
-            # The optimizer clips the averaged gradient on each real update.
-            clipped, stats = grads, None
-        else:
-            clipped, stats = self.clip_gradients(grads, variables)
-            if finite is None:
-                finite = tf.math.is_finite(stats["grad_norm"])
-        counter = self._clip_state.nonfinite_steps
-        counter.assign_add(tf.where(finite, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
-        self._apply(update.rescale(clipped, scale, divide=False), variables, finite)
-        if stats is None:
-            stats = self._clip_state.update_stats()
-        recorder = getattr(self, "_step_recorder", None)
-        if recorder is not None:
-            recorder.record({**stats, "nonfinite_steps": counter.value}, grads, variables)
-        return {
-            "grad_norm": stats["grad_norm"],
-            "clipped_grad_norm": stats["clipped_grad_norm"],
-            "nonfinite_steps": tf.identity(counter.value),
-        }
-
-    def _apply(self, grads: list[Any], variables: list[keras.Variable], finite: tf.Tensor) -> None:
-        # Variables without a gradient (unused in the loss) are left out.
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
-        optimizer = self.optimizer
-        if accumulation.accumulation_steps(optimizer) is not None:
-            accumulation.install_clip_hook(self, variables)
-        with update.apply_as_given(optimizer):
-            if isinstance(optimizer, update.LossScaleOptimizer) or self.on_nonfinite in ("zero", "propagate"):
-                # A LossScaleOptimizer skips non-finite steps and halves its scale itself.
-                optimizer.apply(grads, variables)
-            else:
-                update.run_if(finite, lambda g: optimizer.apply(g, variables), args=(grads,))
-
-    def clip_gradients(
-        self, grads: Sequence[ops.Gradient | None], variables: Sequence[keras.Variable]
-    ) -> tuple[list[ops.Gradient | None], Stats]:
-        """The clip hook: override it to change how gradients are clipped.
-
-        It receives the gradient of the global batch, all-reduced and unscaled,
-        once per optimizer update, and returns `(clipped, stats)` where `stats`
-        holds at least `grad_norm` and `clipped_grad_norm` (float32 scalars).
-
-        Args:
-            grads: Sequence of Tensor, IndexedSlices or None.
-            variables: Sequence of keras.Variable, the matching variables.
-        """
-        strategy = self._clip_state.strategy
-        if strategy is None:
-            norm = ops.global_norm(grads)
-            return list(grads), {"grad_norm": norm, "clipped_grad_norm": norm}
-        return strategy.clip(grads, variables)
+    def _raise_if_nonfinite(self, optimizer: ClippingOptimizer) -> None:
+        seen = int(optimizer.figures.nonfinite_steps.numpy()) if optimizer.built else 0
+        if seen > getattr(self, "_nonfinite_seen", 0):
+            self._nonfinite_seen = seen
+            raise NonFiniteGradientError(
+                "A non-finite gradient (NaN or inf) was met; that step was not "
+                f"applied ({seen} such steps so far). Lower the learning rate, "
+                "clip harder, or compile with on_nonfinite='skip' to skip such steps."
+            )
 
 
-def _refuse_double_clipping(optimizer: keras.optimizers.Optimizer, strategy: ClipStrategy | None) -> None:
-    if strategy is None:
-        return
-    inner = optimizer.inner_optimizer if isinstance(optimizer, update.LossScaleOptimizer) else optimizer
-    set_args = [name for name in _OPTIMIZER_CLIP_ARGS if getattr(inner, name, None)]
-    if set_args:
-        listed = ", ".join(f"`{name}={getattr(inner, name)!r}`" for name in set_args)
-        raise ValueError(
-            f"The optimizer clips gradients itself ({listed}) and `clipping={strategy!r}` "
-            "was passed to compile(): gradients would be clipped twice, the optimizer's "
-            f"clip before gradients are aggregated. Remove {listed} from the optimizer, "
-            "or pass clipping=None."
+def _wrap(optimizer: Any, strategy: ClipStrategy | None, policy: str) -> Any:
+    """The model's optimizer with a `ClippingOptimizer` inside any loss scaler."""
+    if unwrap(optimizer) is not None:
+        if strategy is not None:
+            raise ValueError(
+                "The optimizer is a ClippingOptimizer already and `clipping` was passed too; "
+                f"give the strategy to one of them. Received: clipping={strategy!r}, "
+                f"optimizer={unwrap(optimizer)!r}"
+            )
+        return optimizer
+    if isinstance(optimizer, LossScaleOptimizer) and not optimizer.built:
+        inner = ClippingOptimizer(optimizer.inner_optimizer, strategy, policy)
+        return LossScaleOptimizer(
+            inner, initial_scale=optimizer.initial_scale, dynamic_growth_steps=optimizer.dynamic_growth_steps
         )
+    return ClippingOptimizer(optimizer, strategy, policy)
+
+
+def _bypass_message(model: Any, optimizer: ClippingOptimizer) -> str:
+    return (
+        f"{type(model).__name__} was compiled with clipping={optimizer.clipping!r}, but its training "
+        "step never handed gradients to `self.optimizer.apply(...)`, so nothing was clipped or "
+        "measured. A custom `train_step` must update through `self.optimizer` (a "
+        "`keras_clip.ClippingOptimizer`), or wrap each optimizer it uses: "
+        "`keras_clip.ClippingOptimizer(optimizer, clipping=...)`."
+    )

@@ -1,6 +1,12 @@
-"""What a step does when its gradient holds a NaN or an infinity."""
+"""What an update does when its gradient holds a NaN or an infinity."""
 
 from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from keras_clip import ops
 
 NONFINITE_POLICIES = ("skip", "zero", "raise", "propagate")
 
@@ -20,3 +26,49 @@ def validate_policy(on_nonfinite: object) -> str:
             f"`on_nonfinite` must be one of {list(NONFINITE_POLICIES)}. Received: on_nonfinite={on_nonfinite!r}"
         )
     return on_nonfinite
+
+
+class NonFinitePolicy:
+    """One place that decides what a non-finite gradient does to an update.
+
+    - `"skip"`: the update is not applied (weights, slots and the iteration
+      counter stay as if the batch was never seen);
+    - `"zero"`: non-finite entries become 0 and the update goes on;
+    - `"raise"`: skipped like `"skip"`, then `NonFiniteGradientError` is raised
+      on the host after the execution;
+    - `"propagate"`: applied as Keras does (the weights become NaN).
+
+    Under loss scaling a non-finite gradient is an overflow, which is never
+    zeroed or applied: the step is skipped and the scale lowered.
+
+    Args:
+        name: String. One of `NONFINITE_POLICIES`.
+    """
+
+    def __init__(self, name: str = "skip") -> None:
+        self.name = validate_policy(name)
+
+    def prepare(
+        self, grads: Sequence[ops.Gradient], *, overflow: bool = False
+    ) -> tuple[list[ops.Gradient], tf.Tensor, tf.Tensor]:
+        """Checks a gradient and applies the policy's repair.
+
+        Args:
+            grads: Sequence of Tensor or IndexedSlices (no None).
+            overflow: Bool. Whether non-finite means a loss-scale overflow.
+
+        Returns:
+            `(grads, finite, apply)`: the gradients to clip, whether the
+            incoming ones were all finite, and whether the update may go on.
+        """
+        finite = ops.all_finite(grads)
+        if overflow:
+            return list(grads), finite, finite
+        if self.name == "zero":
+            return [ops.zero_nonfinite(g) for g in grads], finite, tf.constant(True)
+        if self.name == "propagate":
+            return list(grads), finite, tf.constant(True)
+        return list(grads), finite, finite
+
+    def __repr__(self) -> str:
+        return f"NonFinitePolicy({self.name!r})"

@@ -1,7 +1,7 @@
-"""A small on-device buffer that keeps every training step's gradient statistics.
+"""A small on-device buffer that keeps every update's gradient statistics.
 
-`ClippingMixin` calls `model._step_recorder.record(stats, grads, variables)` once
-per optimizer step, inside the compiled (possibly XLA) step. The recorder writes
+`ClippingOptimizer` calls `optimizer.recorder.record(stats, grads, variables)`
+once per update, inside the compiled (possibly XLA) step. The recorder writes
 one row of a float64 buffer of `steps_per_execution` rows, at index
 `(step - 1) % size`; column 0 holds the step number, so a single read after an
 execution returns every step of it, in any order. No summary op, no host call
@@ -20,13 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_clip import ops
-from keras_clip.training import ClippingMixin
 
 # Stat columns reserved in the buffer; a strategy reporting more is cut short.
 MAX_STATS = 16
 
-# One recorder per model, kept between `fit()` calls so the step axis continues.
-_RECORDERS: weakref.WeakKeyDictionary[Any, StepRecorder] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,79 +200,81 @@ def unique_paths(variables: Sequence[keras.Variable]) -> list[str]:
     return paths
 
 
-def _initial_step(model: keras.Model) -> int:
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None or not optimizer.built:
+def _initial_step(optimizer: Any) -> int:
+    if not optimizer.built:
         return 0
     return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
-def _check_model(model: Any, caller: str) -> None:
-    if not isinstance(model, ClippingMixin):
-        raise ValueError(
-            f"`{caller}` needs a model whose training step measures gradients: a "
-            "`keras_clip.ClippingModel`, `ClippingSequential` or a model with `ClippingMixin`. "
-            f"Received: model of type {type(model).__name__}"
-        )
+def attach(
+    optimizer: Any, distribute_strategy: tf.distribute.Strategy, size: int, *, per_variable: bool, gradients: bool
+) -> StepRecorder | None:
+    """Makes a `ClippingOptimizer` record every update into a recorder it owns.
 
-
-def attach(model: keras.Model, caller: str, *, per_variable: bool = False, gradients: bool = False) -> StepRecorder:
-    """Makes the model's train step record, re-tracing it if needed.
-
-    The model keeps one recorder between `fit()` calls; it is replaced (its
-    step count carried over) only when it cannot serve what is asked.
+    The optimizer keeps its recorder between `fit()` calls (the step axis
+    continues); it is replaced, its step count carried over, only when it
+    cannot serve what is asked. An optimizer not built yet records the
+    request and creates the recorder when it builds, in its first update.
 
     Args:
-        model: keras.Model with `ClippingMixin`. Call after it is built.
-        caller: String. The callback's name, for error messages.
+        optimizer: ClippingOptimizer.
+        distribute_strategy: tf.distribute.Strategy. The model's strategy.
+        size: Int. Rows of the buffer: at least the steps of one execution.
         per_variable: Bool. Also record each variable's gradient norm.
-        gradients: Bool. Also keep the last step's gradients.
+        gradients: Bool. Also keep the last update's gradients.
 
     Returns:
-        The recorder now attached to the model.
+        The recorder now attached, or None until the optimizer is built.
     """
-    _check_model(model, caller)
-    recorder = _RECORDERS.get(model)
-    paths = unique_paths(model.trainable_variables)
-    size = max(int(model.steps_per_execution), 1)
+    recorder = optimizer.recorder
     if recorder is not None and recorder.users:
         per_variable = per_variable or recorder.per_variable
         gradients = gradients or recorder.gradients
-    if recorder is None or not recorder.satisfies(paths, size, per_variable, gradients):
-        start = recorder.current_step() if recorder is not None else _initial_step(model)
-        users = recorder.users if recorder is not None else 0
-        recorder = StepRecorder(
-            size, model.trainable_variables, start, per_variable, gradients, model.distribute_strategy
-        )
-        recorder.users = users
-        _RECORDERS[model] = recorder
-    recorder.users += 1
-    model._step_recorder = recorder
-    if model.train_function is not None and model.train_function is not recorder.bound_function():
-        model.make_train_function(force=True)
-    if model.train_function is not None:
-        recorder.bound_function = weakref.ref(model.train_function)
+    request = RecordingRequest(size, per_variable, gradients, recorder.users if recorder is not None else 0)
+    request.users += 1
+    optimizer.recording = request
+    if optimizer.built:
+        return ensure_recorder(optimizer, distribute_strategy)
+    return None
+
+
+@dataclasses.dataclass
+class RecordingRequest:
+    """What the callbacks ask an optimizer to record."""
+
+    size: int
+    per_variable: bool
+    gradients: bool
+    users: int
+
+
+def ensure_recorder(optimizer: Any, distribute_strategy: tf.distribute.Strategy | None = None) -> StepRecorder | None:
+    """Creates or replaces the optimizer's recorder to serve its recording request."""
+    request = optimizer.recording
+    if request is None or not request.users:
+        return None
+    variables = list(optimizer._trainable_variables)
+    recorder = optimizer.recorder
+    paths = unique_paths(variables)
+    if recorder is None or not recorder.satisfies(paths, request.size, request.per_variable, request.gradients):
+        start = recorder.current_step() if recorder is not None else _initial_step(optimizer)
+        strategy = distribute_strategy or tf.distribute.get_strategy()
+        recorder = StepRecorder(request.size, variables, start, request.per_variable, request.gradients, strategy)
+        optimizer.recorder = recorder
+    recorder.users = request.users
     return recorder
 
 
-def detach(model: keras.Model) -> None:
-    """Releases one user of the model's recorder; the last one unhooks it.
+def detach(optimizer: Any) -> None:
+    """Releases one user of the optimizer's recorder; the last one stops the recording request.
 
     The compiled step keeps recording until it is traced again (the cost is
     a few scalar writes), which keeps the step count exact across `fit()`
     calls made without a logger.
     """
-    recorder = _RECORDERS.get(model)
-    if recorder is None or recorder.users == 0:
+    request = optimizer.recording
+    if request is None or request.users == 0:
         return
-    recorder.users -= 1
-    if recorder.users == 0:
-        model._step_recorder = None
-
-
-def recorder_of(model: keras.Model) -> StepRecorder:
-    """The recorder attached to the model (raises if there is none)."""
-    recorder = _RECORDERS.get(model)
-    if recorder is None or not recorder.users:
-        raise RuntimeError("No gradient recorder is attached to this model; call `attach` first.")
-    return recorder
+    request.users -= 1
+    if optimizer.recorder is not None:
+        optimizer.recorder.users = request.users
