@@ -15,7 +15,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 import keras_clip as kc
 from keras_clip.callbacks import layout
-from keras_clip.callbacks.recorder import StepRecorder
+from keras_clip.training.recorder import StepRecorder
 from tests.helpers import seed_model
 
 STEPS_PER_EPOCH = 8  # 1000 samples, batch 128
@@ -140,7 +140,7 @@ def test_side_by_side_with_keras_tensorboard(two_fits):
 
 def test_recorder_is_detached_after_fit(two_fits):
     model, _, _, _ = two_fits
-    assert model._step_recorder is None
+    assert model.optimizer.recording.users == 0  # released: the next fit without a logger asks nothing
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_attaching_retraces_and_step_axis_counts_every_batch(tmp_path, seed_data
     x, y = seed_data
     model = seed_model(kc.ClipByGlobalNorm(1.0), steps_per_execution=4)
     model.fit(x, y, batch_size=128, verbose=0)
-    assert getattr(model, "_step_recorder", None) is None
+    assert model.optimizer.recorder is None
     traced = model.train_function
     model.fit(x, y, batch_size=128, verbose=0, callbacks=[kc.GradientNormLogger(tmp_path / "a")])
     assert model.train_function is not traced

@@ -77,6 +77,9 @@ def apply_reduced(optimizer: keras.optimizers.Optimizer, grads: list[Any], varia
     if replicas() == 1:
         optimizer.apply(grads, variables)
         return
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        _apply_loss_scaled(optimizer, grads, variables)
+        return
     if not optimizer.built:
         with keras_backend.name_scope(optimizer.name, caller=optimizer):
             optimizer.build(variables)
@@ -110,3 +113,27 @@ def _moving_average(optimizer: keras.optimizers.Optimizer) -> None:
             lambda: optimizer._overwrite_model_variables_with_average_value(optimizer._trainable_variables),
             lambda: None,
         )
+
+
+def _apply_loss_scaled(optimizer: keras.optimizers.LossScaleOptimizer, grads: list[Any], variables: list[Any]) -> None:
+    """`LossScaleOptimizer.apply` on several replicas, its inner update through `apply_reduced`.
+
+    Follows Keras's `_stateful_handle_finite_grads` / `_non_finite_grads`:
+    an overflow skips the update and halves the scale; every
+    `dynamic_growth_steps` finite updates double it. `finite` is computed from
+    the all-reduced gradient, so every replica takes the same branch.
+    """
+    finite = optimizer.check_finite(grads)
+
+    def upscale() -> None:
+        optimizer.step_counter.assign(0)
+        optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 2.0)
+
+    def finite_update() -> None:
+        factor = 1.0 / tf.convert_to_tensor(optimizer.dynamic_scale, tf.float32)
+        apply_reduced(optimizer.inner_optimizer, [ops.scale(g, factor) for g in grads], variables)
+        grow = keras.ops.equal(optimizer.step_counter, optimizer.dynamic_growth_steps - 1)
+        keras.ops.cond(grow, upscale, lambda: optimizer.step_counter.assign_add(1))
+
+    run_if(finite, finite_update)
+    run_if(tf.logical_not(finite), optimizer._stateful_handle_non_finite_grads)

@@ -9,7 +9,7 @@ import keras
 
 from keras_clip.strategies import get as get_strategy
 from keras_clip.strategies.base import ClipStrategy
-from keras_clip.training.optimizer import ClippingOptimizer, LossScaleOptimizer, clipping_optimizers, unwrap
+from keras_clip.training.optimizer import ClippingOptimizer, clipping_optimizers, unwrap
 from keras_clip.training.policy import NonFiniteGradientError, validate_policy
 
 
@@ -164,7 +164,7 @@ class ClippingMixin:
 
 
 def _wrap(optimizer: Any, strategy: ClipStrategy | None, policy: str) -> Any:
-    """The model's optimizer with a `ClippingOptimizer` inside any loss scaler."""
+    """The model's optimizer wrapped in a `ClippingOptimizer` (unless it is one)."""
     if unwrap(optimizer) is not None:
         if strategy is not None:
             raise ValueError(
@@ -173,11 +173,7 @@ def _wrap(optimizer: Any, strategy: ClipStrategy | None, policy: str) -> Any:
                 f"optimizer={unwrap(optimizer)!r}"
             )
         return optimizer
-    if isinstance(optimizer, LossScaleOptimizer) and not optimizer.built:
-        inner = ClippingOptimizer(optimizer.inner_optimizer, strategy, policy)
-        return LossScaleOptimizer(
-            inner, initial_scale=optimizer.initial_scale, dynamic_growth_steps=optimizer.dynamic_growth_steps
-        )
+    # Around a loss scaler too, so that overflows are counted (the scaler still skips them).
     return ClippingOptimizer(optimizer, strategy, policy)
 
 

@@ -167,16 +167,8 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         self.figures.store(stats, skip)
         clipped = _rescale(clipped, scale, divide=False)
         if isinstance(self.inner_optimizer, LossScaleOptimizer):
-            if distribute.replicas() > 1:
-                raise ValueError(
-                    "Under a tf.distribute strategy, wrap the other way round: "
-                    "`LossScaleOptimizer(ClippingOptimizer(optimizer, ...))` (which is what "
-                    "compile() does under a mixed_float16 policy). Received: "
-                    f"ClippingOptimizer({self.inner_optimizer.name}, ...)"
-                )
             # The loss scaler checks the gradient itself: it skips and lowers its scale on overflow.
-            distribute.run_if(tf.logical_not(skip), lambda: self.inner_optimizer.apply(clipped, variables))
-            return
+            go = tf.constant(True)
         distribute.run_if(
             tf.logical_and(go, tf.logical_not(skip)),
             lambda: distribute.apply_reduced(self.inner_optimizer, clipped, variables),

@@ -201,7 +201,8 @@ def unique_paths(variables: Sequence[keras.Variable]) -> list[str]:
 
 
 def _initial_step(optimizer: Any) -> int:
-    if not optimizer.built:
+    # Inside a trace the optimizer has just been built by its first update: no step yet.
+    if not optimizer.built or tf.inside_function():
         return 0
     return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
