@@ -33,8 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_clip as kc  # noqa: E402
-from keras_clip.cli import problems  # noqa: E402
-from keras_clip.cli.runs import RunResult, RunSpec, train  # noqa: E402
+from keras_clip.experiments import RunResult, RunSpec, problems, train  # noqa: E402
 
 PERCENTILES = (0.0, 1.0, 5.0, 10.0, 25.0, 50.0)
 HISTORY_SIZES = (10, 100, 1000)

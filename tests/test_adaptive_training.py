@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_clip
 from keras_clip import AdaptiveGradClip, AutoClip, ByVariable, Chain, ClipByGlobalNorm, ClipByValue, ZClip
-from keras_clip.cli import problems
+from keras_clip.experiments import problems
 
 # Every adaptive strategy, nested, with settings that make each clip on the tiny problem.
 STATEFUL = {
