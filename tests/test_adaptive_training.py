@@ -126,7 +126,7 @@ def test_unmatched_pattern_warns_once_when_the_model_builds_the_state(small_data
     assert len([w for w in record if "match no variable" in str(w.message)]) == 1
 
 
-# The seed experiment (DESIGN.md §2). AGC needs a clipping factor: with SGD and
+# The seed experiment (keras_clip.experiments.problems). AGC needs a clipping factor: with SGD and
 # momentum 0.8 a clipped unit moves by at most lr * lambda / (1 - momentum) = 0.35 * lambda
 # of its weight norm per step. The weights must grow ~100x from their initialisation
 # to fit coefficients up to 100 in 400 steps: ln(100) / 400 ~ 1.2% per step, so
