@@ -63,9 +63,10 @@ def configure(argv: Sequence[str] | None = None, orig_argv: Sequence[str] | None
     """Sets TensorFlow's and absl's log levels if this process is the command.
 
     Without `--verbose`, TensorFlow's C++ logs are off unless the environment
-    already chose a level (`TF_CPP_MIN_LOG_LEVEL` is set only if unset), and
-    its Python and absl loggers report errors only. With `--verbose`, every
-    backend log is shown (`TF_CPP_MIN_LOG_LEVEL=0`).
+    already chose a level (`TF_CPP_MIN_LOG_LEVEL` is set only if unset), its
+    Python and absl loggers report errors only, and TensorFlow is imported
+    here, with the lines its libraries log while loading dropped. With
+    `--verbose`, every backend log is shown (`TF_CPP_MIN_LOG_LEVEL=0`).
 
     Args:
         argv: The command line (default: `sys.argv`).

@@ -190,6 +190,23 @@ def test_only_the_command_is_recognized(argv, orig_argv, expected):
     assert _entry.is_command(argv, orig_argv) is expected
 
 
+@pytest.mark.parametrize(
+    ("line", "dropped"),
+    [
+        ("I0000 00:00:1796131337.422687    6046 port.cc:153] oneDNN custom operations are on.", True),
+        ("E0000 00:00:1796131356.837719    6673 cuda_platform.cc:52] failed call to cuInit: INTERNAL", True),
+        ("W1201 13:22:23.123456  123 xla_bridge.cc:900] An NVIDIA GPU may be present", True),
+        ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", True),
+        ("2024-01-01 10:00:00.000000: I tensorflow/core/platform/cpu_feature_guard.cc:182] This binary", True),
+        ("/site-packages/numpy/core/getlimits.py:549: UserWarning: The value of the smallest subnormal", False),
+        ("ImportError: libcudart.so.12: cannot open shared object file", False),
+        ("I0000 is not a log line", False),
+    ],
+)
+def test_only_backend_log_lines_are_dropped_at_import(line, dropped):
+    assert bool(_entry.BACKEND_LOG_LINE.match(line)) is dropped
+
+
 def test_configure_leaves_other_programs_alone(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     assert _entry.configure(["train.py", "--verbose"], ["python", "train.py", "--verbose"]) is False

@@ -95,10 +95,15 @@ def _add_common(parser: argparse.ArgumentParser, logdir: str, writes: str, epoch
     parser.set_defaults(subparser=parser, writes=True)
 
 
+def _subcommand(commands: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    # No abbreviations: `--verbose` is read from the raw command line before TensorFlow loads.
+    return commands.add_parser(name, help=help, description=description, allow_abbrev=False)
+
+
 def _add_demo(commands: Any) -> None:
-    demo = commands.add_parser(
+    demo = _subcommand(
+        commands,
         "demo",
-        allow_abbrev=False,
         help="train with and without clipping; print a table, draw a figure, log to TensorBoard",
         description=(
             "Reproduces the seed experiment (Dense(25, relu) -> Dense(1) on make_regression-like data, "
@@ -112,9 +117,9 @@ def _add_demo(commands: Any) -> None:
 
 
 def _add_sweep(commands: Any) -> None:
-    sweep = commands.add_parser(
+    sweep = _subcommand(
+        commands,
         "lr-sweep",
-        allow_abbrev=False,
         help="train the seed model over a range of learning rates, with and without clipping",
         description=(
             "Trains the seed experiment's model (SGD with momentum, batch 128) at each learning rate "
@@ -136,9 +141,9 @@ def _add_sweep(commands: Any) -> None:
 
 
 def _add_suggest(commands: Any) -> None:
-    suggest = commands.add_parser(
+    suggest = _subcommand(
+        commands,
         "suggest",
-        allow_abbrev=False,
         help="read a run's logged pre-clip norms and suggest a ClipByGlobalNorm threshold",
         description=(
             "Reads the pre-clip global gradient norm of every step (tag grad_norm/pre_clip, written by "
