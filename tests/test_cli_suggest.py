@@ -68,6 +68,8 @@ def test_suggestion_properties():
     assert (top.threshold, top.steps_clipped, top.steps, top.nonfinite_steps) == (4.0, 0, 4, 2)
     half = suggest_module.suggest(norms, 50.0)
     assert (half.threshold, half.median, half.steps_clipped) == (2.5, 2.5, 2)  # numpy's linear interpolation
+    assert "Note: this run's gradient turned NaN/inf" in suggest_module.describe(top, "run")
+    assert "Note:" not in suggest_module.describe(suggest_module.suggest(norms[:3], 50.0), "run")
     with pytest.raises(ValueError, match="no finite norm"):
         suggest_module.suggest([math.nan, math.inf], 90.0)
 

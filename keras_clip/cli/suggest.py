@@ -121,14 +121,15 @@ def describe(suggestion: Suggestion, source: str) -> str:
     s = suggestion
     nonfinite = f" ({s.nonfinite_steps} non-finite left out)" if s.nonfinite_steps else ""
     share = 100.0 * s.steps_clipped / s.steps
-    return "\n".join(
-        [
-            f"Pre-clip gradient norm ({layout.PRE_CLIP}) of {s.steps} steps in {source}{nonfinite}:",
-            f"  median {s.median:.3g}; percentile {s.percentile:g}: {s.threshold:.3g}; largest {s.largest:.3g}",
-            f"Suggested: clipping=keras_clip.ClipByGlobalNorm({s.threshold:g})",
-            f"  it would have clipped {s.steps_clipped} of these {s.steps} steps ({share:.1f}%).",
-        ]
-    )
+    lines = [
+        f"Pre-clip gradient norm ({layout.PRE_CLIP}) of {s.steps} steps in {source}{nonfinite}:",
+        f"  median {s.median:.3g}; percentile {s.percentile:g}: {s.threshold:.3g}; largest {s.largest:.3g}",
+        f"Suggested: clipping=keras_clip.ClipByGlobalNorm({s.threshold:g})",
+        f"  it would have clipped {s.steps_clipped} of these {s.steps} steps ({share:.1f}%).",
+    ]
+    if s.nonfinite_steps:
+        lines.append("Note: this run's gradient turned NaN/inf; a healthy run's norms make a better threshold.")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
