@@ -1,21 +1,18 @@
 """Every adaptive strategy on the two problems clipping is for: a cliff and spikes.
 
-1. **The seed experiment** (DESIGN.md §2): Dense(25, relu) -> Dense(1) on the
-   make_regression-like data, SGD(0.07, momentum=0.8), MSE, batch 128, 50
-   epochs. Without clipping it turns NaN in the first epoch: every step is too
-   large. The fixed references and a grid of each adaptive strategy's
-   parameters, one row per run: first batch's loss, peak and final epoch loss,
-   and the outcome by the demo's rule (`diverged`: NaN/inf or an epoch loss
-   above 10x the first batch's; `converged`: final at most 10% of it; else
-   `stalled`).
-2. **Outliers**: the same data with five targets made 10x too large and a
-   learning rate that is safe on clean data, SGD(0.001, momentum=0.8), 30
-   epochs: the batches holding an outlier spike. One row per strategy: the
-   trained model's MSE on the clean targets, and its ratio to no clipping.
+Prints two Markdown tables, one row per strategy, same model, seed and data
+for every row (`keras_clip.experiments`):
 
-Same model, seed and data for every row.
+1. the seed experiment (`problems.seed_model`, SGD 0.07, momentum 0.8, 50
+   epochs): first batch's loss, peak and final epoch loss, largest pre-clip
+   norm and the outcome (`RunResult.outcome`);
+2. the same data with five outlier targets (`problems.with_outliers`), SGD
+   0.001, momentum 0.8, 30 epochs: the trained model's MSE on the clean
+   targets and its ratio to no clipping.
 
-    python benchmarks/adaptive_problems.py            # 35 + 9 runs, about 3 minutes
+What the tables show, and the figures measured, are in docs/strategies.md.
+
+    python benchmarks/adaptive_problems.py            # 35 + 9 runs
     python benchmarks/adaptive_problems.py --tiny     # smoke test: 2 epochs, a few runs
 """
 
@@ -33,8 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_clip as kc  # noqa: E402
-from keras_clip.cli import problems  # noqa: E402
-from keras_clip.cli.runs import RunResult, RunSpec, train  # noqa: E402
+from keras_clip.experiments import RunResult, RunSpec, problems, train  # noqa: E402
 
 PERCENTILES = (0.0, 1.0, 5.0, 10.0, 25.0, 50.0)
 HISTORY_SIZES = (10, 100, 1000)
@@ -106,7 +102,7 @@ def seed_table(args: argparse.Namespace, epochs: int) -> None:
             clipping=clipping,
             label=label,
             epochs=epochs,
-            batch_size=128,
+            batch_size=problems.SEED_BATCH_SIZE,
         )
         print(seed_row(label, train(spec, callbacks=[], seed=args.seed)), flush=True)
 
@@ -117,7 +113,7 @@ def clean_error(clipping: kc.ClipStrategy | None, data: tuple, noisy: np.ndarray
     model = problems.seed_model()
     optimizer = problems.sgd(OUTLIER_LEARNING_RATE, problems.SEED_MOMENTUM)
     model.compile(optimizer=optimizer, loss="mse", clipping=clipping, jit_compile=True, steps_per_execution=8)
-    model.fit(data[0], noisy, batch_size=128, epochs=epochs, verbose=0)
+    model.fit(data[0], noisy, batch_size=problems.SEED_BATCH_SIZE, epochs=epochs, verbose=0)
     return float(model.evaluate(*data, verbose=0))
 
 

@@ -8,7 +8,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-from keras_clip.cli.problems import regression_data  # noqa: E402
+from keras_clip.experiments.problems import regression_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")

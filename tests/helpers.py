@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_clip as kc
+from keras_clip.experiments import problems
 
 
 def mlp(cls=kc.ClippingModel, features=4, hidden=8, seed=0):
@@ -20,13 +21,12 @@ def sgd():
     return keras.optimizers.SGD(0.01, momentum=0.9)
 
 
-def seed_model(clipping=None, lr=0.07, steps_per_execution=1, jit_compile=True, on_nonfinite="skip"):
-    """The seed experiment's model: Dense(25, relu) -> Dense(1), SGD(lr, momentum 0.8), MSE, compiled."""
-    inputs = keras.Input((20,))
-    hidden = keras.layers.Dense(25, activation="relu", name="hidden")(inputs)
-    model = kc.ClippingModel(inputs, keras.layers.Dense(1, name="out")(hidden))
+def seed_model(clipping=None, lr=problems.SEED_LEARNING_RATE, steps_per_execution=1, jit_compile=True,
+               on_nonfinite="skip"):
+    """`problems.seed_model()` compiled: SGD(lr, momentum 0.8), MSE."""
+    model = problems.seed_model()
     model.compile(
-        optimizer=keras.optimizers.SGD(lr, momentum=0.8),
+        optimizer=problems.sgd(lr, problems.SEED_MOMENTUM),
         loss="mse",
         clipping=clipping,
         on_nonfinite=on_nonfinite,

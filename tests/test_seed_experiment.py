@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_clip as kc
-from keras_clip.cli import problems
+from keras_clip.experiments import problems
 
 
 def _run(data, clipping):

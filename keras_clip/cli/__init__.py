@@ -1,6 +1,6 @@
-"""The `keras-clip` command: see clipping work, then sweep learning rates.
+"""The `keras-clip` command: see clipping work, sweep learning rates, pick a threshold.
 
-Run `keras-clip --help`, `keras-clip demo --help` or `keras-clip lr-sweep --help`.
+Run `keras-clip --help`, or `keras-clip COMMAND --help` for `demo`, `lr-sweep` and `suggest`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ __all__ = ["build_parser", "main"]
 
 DEFAULT_LEARNING_RATES = "0.001,0.003,0.01,0.03,0.1,0.3"
 DEFAULT_MAX_NORMS = "1,10"
+DEFAULT_PERCENTILE = 90.0
+VERBOSE_HELP = "show TensorFlow's own logs (hidden by default)"
 
 
 def positive_int(text: str) -> int:
@@ -50,6 +52,17 @@ def momentum(text: str) -> float:
     return value
 
 
+def percentile(text: str) -> float:
+    """An argparse type: a float in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 100]. Received: {text!r}")
+    return value
+
+
 def float_list(text: str) -> list[float]:
     """An argparse type: comma-separated positive numbers, e.g. "0.01,0.1"."""
     values = [positive_float(part.strip()) for part in text.split(",") if part.strip()]
@@ -78,11 +91,18 @@ def _add_common(parser: argparse.ArgumentParser, logdir: str, writes: str, epoch
     parser.add_argument(
         "--seed", type=int, default=1, metavar="S", help="random seed for data and weights (default: 1)"
     )
-    parser.set_defaults(subparser=parser)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.set_defaults(subparser=parser, writes=True)
+
+
+def _subcommand(commands: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    # No abbreviations: `--verbose` is read from the raw command line before TensorFlow loads.
+    return commands.add_parser(name, help=help, description=description, allow_abbrev=False)
 
 
 def _add_demo(commands: Any) -> None:
-    demo = commands.add_parser(
+    demo = _subcommand(
+        commands,
         "demo",
         help="train with and without clipping; print a table, draw a figure, log to TensorBoard",
         description=(
@@ -97,7 +117,8 @@ def _add_demo(commands: Any) -> None:
 
 
 def _add_sweep(commands: Any) -> None:
-    sweep = commands.add_parser(
+    sweep = _subcommand(
+        commands,
         "lr-sweep",
         help="train the seed model over a range of learning rates, with and without clipping",
         description=(
@@ -119,16 +140,44 @@ def _add_sweep(commands: Any) -> None:
     sweep.add_argument("--momentum", type=momentum, default=0.8, metavar="M", help="SGD momentum (default: 0.8)")
 
 
+def _add_suggest(commands: Any) -> None:
+    suggest = _subcommand(
+        commands,
+        "suggest",
+        help="read a run's logged pre-clip norms and suggest a ClipByGlobalNorm threshold",
+        description=(
+            "Reads the pre-clip global gradient norm of every step (tag grad_norm/pre_clip, written by "
+            "keras_clip.GradientNormLogger into RUN/train) from a run's TensorBoard event files and suggests "
+            "a ClipByGlobalNorm threshold: the chosen percentile of those norms. Prints the median, the "
+            "percentile and how many of the run's steps it would have clipped. Best read from a healthy run."
+        ),
+    )
+    suggest.add_argument(
+        "--logdir", required=True, metavar="RUN",
+        help="the log_dir given to GradientNormLogger (or its train/ subdirectory)",
+    )
+    suggest.add_argument(
+        "--percentile", type=percentile, default=DEFAULT_PERCENTILE, metavar="P",
+        help=f"the percentile of the logged norms to suggest, in (0, 100] (default: {DEFAULT_PERCENTILE:g})",
+    )
+    suggest.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    suggest.set_defaults(subparser=suggest, writes=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `keras-clip` and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="keras-clip",
-        description="Gradient clipping for Keras 3: see it work, compare strategies, sweep learning rates.",
+        description=(
+            "Gradient clipping for Keras 3: see it work, compare strategies, sweep learning rates, "
+            "pick a threshold from a logged run."
+        ),
         epilog="Also runs as `python -m keras_clip`. Help on a command: keras-clip COMMAND --help",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(commands)
     _add_sweep(commands)
+    _add_suggest(commands)
     return parser
 
 
@@ -138,16 +187,30 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
         from keras_clip.cli import demo
 
         return demo.run
+    if name == "suggest":
+        from keras_clip.cli import suggest
+
+        return suggest.run
     from keras_clip.cli import sweep
 
     return sweep.run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `keras-clip` with `argv` (default: the command line); returns the exit status."""
+    """Runs `keras-clip` with `argv` (default: the command line); returns the exit status.
+
+    Args:
+        argv: List of strings. The arguments after the command's name (default: `sys.argv[1:]`).
+
+    Returns:
+        0 on success; usage errors exit with status 2, as argparse does.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if importlib.util.find_spec("matplotlib") is None:
-        args.subparser.error("the figures need matplotlib: pip install 'keras-clip[demo]' (or pip install matplotlib).")
-    args.logdir = str(check_writable(args.subparser, args.logdir))
+    if args.writes:
+        if importlib.util.find_spec("matplotlib") is None:
+            args.subparser.error(
+                "the figures need matplotlib: pip install 'keras-clip[demo]' (or pip install matplotlib)."
+            )
+        args.logdir = str(check_writable(args.subparser, args.logdir))
     return _command(args.command)(args)

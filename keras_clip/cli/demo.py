@@ -11,11 +11,9 @@ import keras
 import numpy as np
 
 import keras_clip
-from keras_clip.cli import plots, problems, report
-from keras_clip.cli.runs import Progress, RunResult, RunSpec, clear_events, train
-
-SEED_BATCH = 128
-RNN_BATCH = 64
+from keras_clip.cli import plots, report
+from keras_clip.cli.progress import Progress
+from keras_clip.experiments import RunResult, RunSpec, problems, train
 
 
 def _specs(
@@ -52,7 +50,7 @@ def seed_specs(epochs: int, seed: int) -> list[RunSpec]:
     ]
     optimizer = (problems.SEED_LEARNING_RATE, problems.SEED_MOMENTUM)
     data = problems.regression_data(seed=seed)
-    return _specs(variants, problems.seed_model, optimizer, data, epochs, SEED_BATCH)
+    return _specs(variants, problems.seed_model, optimizer, data, epochs, problems.SEED_BATCH_SIZE)
 
 
 def rnn_specs(epochs: int, seed: int) -> list[RunSpec]:
@@ -63,7 +61,7 @@ def rnn_specs(epochs: int, seed: int) -> list[RunSpec]:
     ]
     optimizer = (problems.RNN_LEARNING_RATE, problems.RNN_MOMENTUM)
     data = problems.integrator_data(seed=seed)
-    return _specs(variants, problems.rnn_model, optimizer, data, epochs, RNN_BATCH)
+    return _specs(variants, problems.rnn_model, optimizer, data, epochs, problems.RNN_BATCH_SIZE)
 
 
 def tensorboard_callbacks(run_dir: Path) -> list[keras.callbacks.Callback]:
@@ -72,6 +70,20 @@ def tensorboard_callbacks(run_dir: Path) -> list[keras.callbacks.Callback]:
         keras.callbacks.TensorBoard(log_dir=str(run_dir), write_graph=False),
         keras_clip.GradientNormLogger(str(run_dir), update_freq="batch"),
     ]
+
+
+def clear_events(run_dir: Path) -> int:
+    """Deletes the TensorBoard event files a previous run left in `run_dir`; returns how many.
+
+    Only files named `events.out.tfevents.*` are removed, so re-running the
+    demo into the same directory does not draw two curves per run.
+    """
+    removed = 0
+    if run_dir.is_dir():
+        for path in run_dir.rglob("events.out.tfevents.*"):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def run_all(specs: Sequence[RunSpec], logdir: Path, seed: int) -> list[RunResult]:

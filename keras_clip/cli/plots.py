@@ -12,7 +12,7 @@ import matplotlib.transforms
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from keras_clip.cli.runs import RunResult  # noqa: E402
+from keras_clip.experiments.runs import RunResult  # noqa: E402
 
 
 def _finite(values: Sequence[float]) -> tuple[list[int], list[float]]:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from keras_clip.cli.runs import RunResult
+from keras_clip.experiments.runs import RunResult
 
 DEMO_COLUMNS = ("run", "clipping", "final loss", "max pre-clip norm", "steps clipped", "non-finite steps", "outcome")
 

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Sequence
 
 import keras_clip
-from keras_clip.cli import plots, problems, report
-from keras_clip.cli.runs import Progress, RunResult, RunSpec, train
-
-BATCH = 128
+from keras_clip.cli import plots, report
+from keras_clip.cli.progress import Progress
+from keras_clip.experiments import RunResult, RunSpec, problems, train
 
 
 def specs(learning_rate: float, args: argparse.Namespace, data: tuple) -> list[RunSpec]:
@@ -29,7 +28,7 @@ def specs(learning_rate: float, args: argparse.Namespace, data: tuple) -> list[R
             clipping=clipping,
             label=label,
             epochs=args.epochs,
-            batch_size=BATCH,
+            batch_size=problems.SEED_BATCH_SIZE,
         )
         for clipping, label in variants
     ]

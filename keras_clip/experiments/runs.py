@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -28,7 +26,7 @@ class RunSpec:
         build_optimizer: Callable returning a fresh optimizer.
         data: Tuple `(x, y)` of numpy arrays.
         clipping: A keras_clip strategy or None.
-        label: String. How the table names the strategy, e.g. "ClipByValue(1.0)".
+        label: String. How tables name the strategy, e.g. "ClipByValue(1.0)".
         epochs: Integer. Epochs to train.
         batch_size: Integer. Batch size.
     """
@@ -45,7 +43,18 @@ class RunSpec:
 
 @dataclasses.dataclass
 class RunResult:
-    """Per-epoch losses and per-step norms of one run, and what they mean."""
+    """Per-epoch losses and per-step norms of one run, and what they mean.
+
+    Args:
+        name: String. The run's name.
+        clipping: String. The strategy's label.
+        epoch_loss: List of floats. Mean training loss of each epoch.
+        pre_clip: List of floats. Every step's global gradient norm before clipping.
+        post_clip: List of floats. Every step's global gradient norm after clipping.
+        first_loss: Float. The first batch's loss.
+        nonfinite_steps: Integer. Steps whose gradient held a NaN or an infinity.
+        seconds: Float. Wall time of `fit()`.
+    """
 
     name: str
     clipping: str
@@ -87,6 +96,7 @@ class RunResult:
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-ready values (non-finite floats as strings)."""
+
         def clean(value: float) -> float | str:
             return value if math.isfinite(value) else str(value)
 
@@ -104,8 +114,12 @@ class RunResult:
         }
 
 
-class StepRecorder(keras.callbacks.Callback):
-    """Keeps every step's pre- and post-clip norm and the first batch's loss."""
+class NormRecorder(keras.callbacks.Callback):
+    """Keeps every step's pre- and post-clip norm and the first batch's loss.
+
+    Reads `grad_norm`, `clipped_grad_norm`, `nonfinite_steps` and `loss` from
+    the batch logs; needs `steps_per_execution=1` to see every step.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,38 +137,20 @@ class StepRecorder(keras.callbacks.Callback):
         self.nonfinite_steps = int(logs["nonfinite_steps"])
 
 
-class Progress(keras.callbacks.Callback):
-    """One line per run: rewritten every epoch on a terminal, printed once otherwise."""
-
-    def __init__(self, label: str, epochs: int, stream: TextIO | None = None) -> None:
-        super().__init__()
-        self.label, self.epochs = label, epochs
-        self.stream = stream or sys.stdout
-        self.live = self.stream.isatty()
-        self.start = time.perf_counter()
-        self.line = ""
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        self.line = (
-            f"{self.label}  epoch {epoch + 1:>3}/{self.epochs}  loss {logs.get('loss', math.nan):<10.4g}"
-            f"  grad_norm {logs.get('grad_norm', math.nan):<10.4g} {time.perf_counter() - self.start:5.1f}s"
-        )
-        if self.live:
-            self.stream.write("\r" + self.line + "\033[K")
-            self.stream.flush()
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self.stream.write(("\r" + self.line + "\033[K\n") if self.live else self.line + "\n")
-        self.stream.flush()
-
-
 def train(spec: RunSpec, callbacks: list[keras.callbacks.Callback], seed: int) -> RunResult:
-    """Trains one run with `jit_compile=True` and returns its summary.
+    """Trains one run with `jit_compile=True` and MSE; returns its summary.
 
-    Unclipped runs use `on_nonfinite="propagate"`, so a divergence shows as
-    NaN exactly as in plain Keras; clipped runs use the same policy, so the
-    comparison is fair.
+    Every run uses `on_nonfinite="propagate"`, so an unclipped divergence
+    shows as NaN exactly as in plain Keras, and clipped runs are compared
+    under the same policy.
+
+    Args:
+        spec: RunSpec. What to train.
+        callbacks: List of Keras callbacks, added after the norm recorder.
+        seed: Integer. Passed to `keras.utils.set_random_seed` before the model is built.
+
+    Returns:
+        A RunResult with one pre- and post-clip norm per step.
     """
     keras.utils.set_random_seed(seed)
     model = spec.build_model()
@@ -165,7 +161,7 @@ def train(spec: RunSpec, callbacks: list[keras.callbacks.Callback], seed: int) -
         on_nonfinite="propagate",
         jit_compile=True,
     )
-    recorder = StepRecorder()
+    recorder = NormRecorder()
     start = time.perf_counter()
     x, y = spec.data
     history = model.fit(
@@ -181,17 +177,3 @@ def train(spec: RunSpec, callbacks: list[keras.callbacks.Callback], seed: int) -
         nonfinite_steps=recorder.nonfinite_steps,
         seconds=time.perf_counter() - start,
     )
-
-
-def clear_events(run_dir: Path) -> int:
-    """Deletes TensorBoard event files a previous run left in `run_dir`.
-
-    Only files named `events.out.tfevents.*` are removed, so re-running the
-    demo into the same directory does not draw two curves per run.
-    """
-    removed = 0
-    if run_dir.is_dir():
-        for path in run_dir.rglob("events.out.tfevents.*"):
-            path.unlink()
-            removed += 1
-    return removed
