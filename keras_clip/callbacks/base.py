@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from keras_clip.callbacks import recorder as recorder_lib
-from keras_clip.callbacks.writer import EventWriter
+from keras_clip.callbacks.writer import EventWriter, NullWriter
 
 
 class RecordingCallback(keras.callbacks.Callback):
@@ -17,7 +17,8 @@ class RecordingCallback(keras.callbacks.Callback):
     Subclasses call `_new_steps()` from a batch or epoch hook to get every
     step recorded since their last call, oldest first, and write through
     `_train_writer`, created on first use under `self.log_dir` and closed when
-    `fit()` ends.
+    `fit()` ends. Under multi-worker training only the chief writes (every
+    worker holds the same figures); the other workers' writer drops them.
     """
 
     _per_variable = False
@@ -28,12 +29,14 @@ class RecordingCallback(keras.callbacks.Callback):
         super().__init__()
         self._cursor = 0
         self._attached = False
-        self._writer: EventWriter | None = None
+        self._writer: EventWriter | NullWriter | None = None
 
     @property
-    def _train_writer(self) -> EventWriter:
+    def _train_writer(self) -> EventWriter | NullWriter:
         if self._writer is None:
-            self._writer = EventWriter(self.log_dir)
+            strategy = getattr(self.model, "distribute_strategy", None)
+            chief = strategy is None or strategy.extended.should_save_summary
+            self._writer = EventWriter(self.log_dir) if chief else NullWriter()
         return self._writer
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:

@@ -14,13 +14,14 @@ from keras_clip import ops
 from keras_clip.strategies import get as get_strategy
 from keras_clip.strategies.base import ClipStrategy, Stats
 from keras_clip.training import accumulation, update
+from keras_clip.training.multiworker import MultiWorkerTrainer
 from keras_clip.training.policy import NonFiniteGradientError, validate_policy
 from keras_clip.training.state import ClipState
 
 _OPTIMIZER_CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
 
 
-class ClippingMixin:
+class ClippingMixin(MultiWorkerTrainer):
     """Adds configurable, correctly placed gradient clipping to a Keras model.
 
     Use it first in the bases of a subclassed model
