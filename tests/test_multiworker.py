@@ -85,8 +85,10 @@ def test_override_is_inert_off_multi_worker():
 def run_cluster(args, out, single=False):
     """Runs a 2-worker cluster (and, if asked, the one-process reference alongside); returns the JSONs."""
     ports = mwms_cluster.free_ports(2)
-    (out / "single").mkdir()
-    reference = mwms_cluster.start_single([args[0], str(out / "single"), *args[1:]], out) if single else None
+    reference = None
+    if single:
+        (out / "single").mkdir()
+        reference = mwms_cluster.start_single([args[0], str(out / "single"), *args[1:]], out)
     try:
         with mwms_cluster.Cluster([args[0], str(out), *args[1:]], ports, out) as cluster:
             codes = cluster.run()
