@@ -9,7 +9,10 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,11 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 
 from keras_clip.training import multiworker
 from tests.distributed import mwms_cluster
-from tests.distributed.mwms_worker import TRAIN_CASES
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIPPING_CASES = [name for name, (kind, _) in TRAIN_CASES.items() if kind != "keras"]
+# The cases of `mwms_worker.py train` (not imported: it is a worker's main module).
+CLIPPING_CASES = ["functional_global_norm", "functional_autoclip", "sequential_zclip", "subclassed_global_norm"]
+TRAIN_CASES = [*CLIPPING_CASES, "keras_no_clip"]  # the last: plain keras.Model with the override
 ADAPTIVE_CASES = ["functional_autoclip", "sequential_zclip"]
 UPSTREAM = "https://github.com/keras-team/keras/issues/20585"
 
@@ -125,7 +129,7 @@ def test_both_workers_train_as_two_replicas(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(TRAIN_CASES))
+@pytest.mark.parametrize("case", TRAIN_CASES)
 def test_weights_equal_one_device(trained, case):
     single = trained["single"]["cases"][case]
     worker0, worker1 = (trained[w]["cases"][case] for w in ("worker0", "worker1"))
@@ -134,7 +138,7 @@ def test_weights_equal_one_device(trained, case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(TRAIN_CASES))
+@pytest.mark.parametrize("case", TRAIN_CASES)
 def test_logs_are_global_and_equal_on_both_workers(trained, case):
     single = trained["single"]["cases"][case]
     worker0, worker1 = (trained[w]["cases"][case] for w in ("worker0", "worker1"))
@@ -151,7 +155,7 @@ def test_logs_are_global_and_equal_on_both_workers(trained, case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(TRAIN_CASES))
+@pytest.mark.parametrize("case", TRAIN_CASES)
 def test_evaluate_and_predict_equal_one_device(trained, case):
     single = trained["single"]["cases"][case]
     for worker in ("worker0", "worker1"):
@@ -287,3 +291,39 @@ def test_restarted_run_ends_as_the_uninterrupted_one(faults):
         # Guard: after the backup, the adaptive threshold clips some steps (so its state matters).
         after = uninterrupted["batch_logs"][8:]
         assert any(step["clipped_grad_norm"] < step["grad_norm"] * (1 - 1e-6) for step in after)
+
+
+# --- The documented launch --------------------------------------------------------------------
+
+
+def documented_launch():
+    """The `train.py` and the shell commands of docs/distributed.md, as written there."""
+    text = (ROOT / "docs" / "distributed.md").read_text()
+    section = text.split("### Launching two workers", 1)[1].split("\n### ", 1)[0]
+    script = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return script, commands
+
+
+@pytest.mark.slow
+def test_documented_commands_train_two_workers(tmp_path):
+    script, commands = documented_launch()
+    assert "127.0.0.1:12345" in commands and "127.0.0.1:12346" in commands and "python train.py" in commands
+    (tmp_path / "train.py").write_text(script)
+    ports = mwms_cluster.free_ports(2)
+    commands = commands.replace("12345", str(ports[0])).replace("12346", str(ports[1]))
+    env = mwms_cluster.worker_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    shell = subprocess.Popen(["bash", "-c", commands], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = shell.communicate(timeout=150)
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)  # the shell and both workers
+            shell.communicate()
+    assert not any(mwms_cluster.listening(port) for port in ports)
+    lines = sorted(line for line in out.splitlines() if line.startswith("worker "))
+    assert [line.split(":")[0] for line in lines] == ["worker 0", "worker 1"], err[-3000:]
+    assert lines[0].split(":")[1] == lines[1].split(":")[1]  # the same global figures
+    assert len(list((tmp_path / "runs" / "mwms" / "train").iterdir())) == 1  # the chief's event file
+    assert not (tmp_path / "backup" / "worker0").exists()  # BackupAndRestore cleans up after a finished fit
