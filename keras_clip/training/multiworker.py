@@ -19,9 +19,8 @@ Keras takes those paths: it builds the model from this worker's own first
 batch (building needs shapes, not values), and gives each scalar log a
 leading axis of length 1, so Keras's own reduction averages it over all
 replicas and returns a scalar again. Logs are then the mean over replicas,
-equal on every worker, as Keras computes them under `MirroredStrategy`;
-integer logs come back as float64 with the same value. Nothing changes
-under any other strategy, or on one worker.
+equal on every worker, as Keras computes them under `MirroredStrategy`.
+Nothing changes under any other strategy, or on one worker.
 """
 
 from __future__ import annotations
