@@ -144,7 +144,7 @@ def test_logs_are_global_and_equal_on_both_workers(trained, case):
     worker0, worker1 = (trained[w]["cases"][case] for w in ("worker0", "worker1"))
     assert worker0["batch_logs"] == worker1["batch_logs"] and worker0["history"] == worker1["history"]
     assert len(worker0["batch_logs"]) == len(single["batch_logs"]) == 16
-    expected = {"loss", "mae"}
+    expected = {"loss", "mae", "val_loss", "val_mae"}
     if case in CLIPPING_CASES:
         expected |= {"grad_norm", "clipped_grad_norm", "nonfinite_steps"}
     assert set(worker0["history"]) == expected

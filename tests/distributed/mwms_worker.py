@@ -6,8 +6,9 @@ without it, it trains on one device (no strategy) and writes `OUT_DIR/single.jso
 
 Scenarios:
 - `train`: `ClippingModel`, `ClippingSequential` and a `ClippingMixin` subclass, fixed and
-  adaptive clipping, 2 epochs of `fit`, then `evaluate` and `predict`; weights, per-batch
-  logs, gradient all-reduce calls; a `GradientNormLogger` on one case.
+  adaptive clipping, and a plain `keras.Model` with the override: 2 epochs of `fit` (with
+  validation), then `evaluate` and `predict`; weights, per-batch logs, gradient all-reduce
+  calls; a `GradientNormLogger` on one case.
 - `plain`: the same run with a plain `keras.Model` (expected to fail, with Keras's error);
   `plain_build_fixed`: the same with only the first failing path overridden.
 - `backup`: `BackupAndRestore` at each epoch end, adaptive clipping; PHASE is `uninterrupted`,
@@ -35,7 +36,8 @@ keras.config.disable_traceback_filtering()
 MULTI = "TF_CONFIG" in os.environ
 INDEX = json.loads(os.environ["TF_CONFIG"])["task"]["index"] if MULTI else None
 ROLE = f"worker{INDEX}" if MULTI else "single"
-# Under MirroredStrategy-style strategies only ReplicaContext.all_reduce sums gradients across replicas.
+# The gradient all-reduces: each call of ReplicaContext.all_reduce made while a step is traced, by its
+# tensor count. (The logs are reduced by Keras in cross-replica context, through `strategy.reduce`.)
 ALL_REDUCE_CALLS = []
 _all_reduce = tf.distribute.ReplicaContext.all_reduce
 
@@ -131,7 +133,8 @@ def train_case(name, out_dir):
     if log_dir:  # every worker is given the same log_dir, as on a shared filesystem
         callbacks.append(kc.GradientNormLogger(log_dir))
     ALL_REDUCE_CALLS.clear()
-    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=callbacks).history
+    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=callbacks,
+                        validation_data=(x[:32], y[:32])).history
     calls = list(ALL_REDUCE_CALLS)
     return {
         "weights": [w.tolist() for w in model.get_weights()],
