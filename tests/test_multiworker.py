@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as tf_trainer
 from tensorboard.backend.event_processing import plugin_event_accumulator
 
+import keras_clip as kc
 from keras_clip.training import multiworker
 from tests.distributed import mwms_cluster
 
@@ -81,6 +83,15 @@ def test_override_is_inert_off_multi_worker():
     step = multiworker._with_leading_axis(lambda data: {"loss": tf.constant(2.0), "vector": tf.ones(3)})
     outputs = step(None)
     assert outputs["loss"].shape == (1,) and outputs["vector"].shape == (3,)
+
+
+def test_callbacks_of_a_non_chief_worker_write_nothing(tmp_path):
+    not_chief = SimpleNamespace(extended=SimpleNamespace(should_save_summary=False))
+    logger = kc.GradientNormLogger(tmp_path)
+    logger.set_model(SimpleNamespace(distribute_strategy=not_chief))
+    logger._train_writer.scalars(1, {"grad_norm/pre_clip": 1.0})
+    logger._train_writer.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- The clusters ---------------------------------------------------------------------------
