@@ -8,7 +8,7 @@ from typing import Any
 
 import keras
 
-from keras_clip.callbacks.writer import EventWriter
+from keras_clip.callbacks.writer import EventWriter, NullWriter
 from keras_clip.training import recorder as recorder_lib
 from keras_clip.training.optimizer import ClippingOptimizer, clipping_optimizers
 
@@ -20,7 +20,8 @@ class RecordingCallback(keras.callbacks.Callback):
     update recorded since their last call, oldest first, as `(prefix, step)`
     pairs (prefix `""` for `model.optimizer`, `"d_optimizer/"` for another
     attribute), and write through `_train_writer`, created on first use
-    under `self.log_dir` and closed when `fit()` ends.
+    under `self.log_dir` and closed when `fit()` ends. Under multi-worker
+    training only the chief writes.
     """
 
     _per_variable = False
@@ -31,12 +32,14 @@ class RecordingCallback(keras.callbacks.Callback):
         super().__init__()
         self._cursors: dict[int, int] = {}
         self._optimizers: list[tuple[str, ClippingOptimizer]] = []
-        self._writer: EventWriter | None = None
+        self._writer: EventWriter | NullWriter | None = None
 
     @property
-    def _train_writer(self) -> EventWriter:
+    def _train_writer(self) -> EventWriter | NullWriter:
         if self._writer is None:
-            self._writer = EventWriter(self.log_dir)
+            strategy = getattr(self.model, "distribute_strategy", None)
+            chief = strategy is None or strategy.extended.should_save_summary
+            self._writer = EventWriter(self.log_dir) if chief else NullWriter()
         return self._writer
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:

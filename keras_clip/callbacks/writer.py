@@ -64,3 +64,25 @@ class EventWriter:
     def close(self) -> None:
         """Flushes and closes the event file."""
         self._writer.close()
+
+
+class NullWriter:
+    """An `EventWriter` that writes nothing: what a non-chief worker gets."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Drops the scalars."""
+
+    def histogram(self, step: int, tag: str, data: np.ndarray) -> None:
+        """Drops the histogram."""
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        """Drops the text."""
+
+    def summary(self, step: int, summary: Any) -> None:
+        """Drops the summary."""
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -9,11 +9,12 @@ import keras
 
 from keras_clip.strategies import get as get_strategy
 from keras_clip.strategies.base import ClipStrategy
+from keras_clip.training.multiworker import MultiWorkerTrainer
 from keras_clip.training.optimizer import ClippingOptimizer, clipping_optimizers, unwrap
 from keras_clip.training.policy import NonFiniteGradientError, validate_policy
 
 
-class ClippingMixin:
+class ClippingMixin(MultiWorkerTrainer):
     """Adds configurable, correctly placed gradient clipping to a Keras model.
 
     Use it first in the bases of a subclassed model
