@@ -21,6 +21,13 @@ NONFINITE_STEPS = "clipping/nonfinite_steps"
 SPIKE = "grad_norm/spike"
 PER_VARIABLE_PREFIX = "grad_norm_by_variable/"
 VARIABLE_THRESHOLD = PER_VARIABLE_PREFIX + "threshold"
+# The largest variable's norm before and after, in the norm `variable_threshold` bounds.
+VARIABLE_MAX_PRE_CLIP = PER_VARIABLE_PREFIX + "max_pre_clip"
+VARIABLE_MAX_POST_CLIP = PER_VARIABLE_PREFIX + "max_post_clip"
+# A global-norm strategy measuring the 1- or inf-norm: its norms and threshold, charted apart from L2.
+STRATEGY_NORM_PRE_CLIP = "strategy_norm/pre_clip"
+STRATEGY_NORM_POST_CLIP = "strategy_norm/post_clip"
+STRATEGY_NORM_THRESHOLD = "strategy_norm/threshold"
 HISTOGRAM_PREFIX = "gradients/"
 
 # Statistic reported by the train step -> tag; others go to `clipping/<name>`.
@@ -29,12 +36,29 @@ _STAT_TAGS = {
     "clipped_grad_norm": POST_CLIP,
     "threshold": THRESHOLD,
     "variable_threshold": VARIABLE_THRESHOLD,
+    "variable_norm": VARIABLE_MAX_PRE_CLIP,
+    "clipped_variable_norm": VARIABLE_MAX_POST_CLIP,
+    "norm": STRATEGY_NORM_PRE_CLIP,
+    "clipped_norm": STRATEGY_NORM_POST_CLIP,
     "nonfinite_steps": NONFINITE_STEPS,
 }
 
 
-def stat_tag(name: str) -> str:
-    """The tag of a statistic of the train step (e.g. `grad_norm` -> `grad_norm/pre_clip`)."""
+def stat_tag(name: str, stats: dict[str, float] | None = None) -> str:
+    """The tag of a statistic of the train step (e.g. `grad_norm` -> `grad_norm/pre_clip`).
+
+    A strategy that measures its global norm in another norm than L2 reports
+    it as `norm` (and `clipped_norm`); its `threshold` is in that norm, so it
+    goes to the chart of those norms (`strategy_norm/threshold`), not beside
+    the L2 norms.
+
+    Args:
+        name: String. The statistic's name.
+        stats: Dict or None. All statistics of the step (decides where
+            `threshold` goes).
+    """
+    if name == "threshold" and stats is not None and "norm" in stats:
+        return STRATEGY_NORM_THRESHOLD
     return _STAT_TAGS.get(name, f"clipping/{name}")
 
 
@@ -48,7 +72,7 @@ def scalars_of(stats: dict[str, float]) -> dict[str, float]:
     Args:
         stats: Dict of str to float, as recorded by the train step.
     """
-    scalars = {stat_tag(name): value for name, value in stats.items()}
+    scalars = {stat_tag(name, stats): value for name, value in stats.items()}
     pre, post = stats.get("grad_norm"), stats.get("clipped_grad_norm")
     if pre is not None and post is not None:
         factor = _factor(pre, post)
@@ -64,11 +88,21 @@ def _factor(pre: float, post: float) -> float:
 
 
 def layout() -> layout_pb2.Layout:
-    """The custom-scalars layout: pre-clip, post-clip and threshold on one chart."""
+    """The custom-scalars layout: each threshold on one chart with the norms it bounds, in its own norm."""
     norms = layout_pb2.Chart(
         title="Global gradient norm: pre-clip, post-clip, threshold",
+        multiline=layout_pb2.MultilineChartContent(tag=[f"^{PRE_CLIP}$", f"^{POST_CLIP}$", f"^{THRESHOLD}$"]),
+    )
+    strategy_norms = layout_pb2.Chart(
+        title="Global gradient norm in the strategy's norm (1 or inf): pre-clip, post-clip, threshold",
         multiline=layout_pb2.MultilineChartContent(
-            tag=[f"^{PRE_CLIP}$", f"^{POST_CLIP}$", f"^{THRESHOLD}$"]
+            tag=[f"^{STRATEGY_NORM_PRE_CLIP}$", f"^{STRATEGY_NORM_POST_CLIP}$", f"^{STRATEGY_NORM_THRESHOLD}$"]
+        ),
+    )
+    per_variable = layout_pb2.Chart(
+        title="Largest variable's norm: pre-clip, post-clip, per-variable threshold",
+        multiline=layout_pb2.MultilineChartContent(
+            tag=[f"^{VARIABLE_MAX_PRE_CLIP}$", f"^{VARIABLE_MAX_POST_CLIP}$", f"^{VARIABLE_THRESHOLD}$"]
         ),
     )
     factor = layout_pb2.Chart(
@@ -79,7 +113,9 @@ def layout() -> layout_pb2.Layout:
         title="Non-finite steps (total)",
         multiline=layout_pb2.MultilineChartContent(tag=[f"^{NONFINITE_STEPS}$"]),
     )
-    category = layout_pb2.Category(title="Gradient clipping", chart=[norms, factor, nonfinite])
+    category = layout_pb2.Category(
+        title="Gradient clipping", chart=[norms, strategy_norms, per_variable, factor, nonfinite]
+    )
     return layout_pb2.Layout(category=[category])
 
 
