@@ -230,11 +230,6 @@ def test_validation(kwargs, message):
         kc.GradientNormLogger(**kwargs)
 
 
-def test_exported():
-    assert kc.GradientNormLogger is kc.callbacks.GradientNormLogger
-    assert "GradientNormLogger" in kc.__all__ and "GradientSpikeMonitor" in kc.__all__
-
-
 def test_recorder_rows_slices_none_and_overwrites():
     """Eager: IndexedSlices (repeated index), a None gradient, a 2-row buffer."""
     table = keras.Variable(np.zeros((5, 2)), dtype="float32", name="table")
