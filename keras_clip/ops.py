@@ -66,6 +66,12 @@ def values_of(grad: Gradient) -> tf.Tensor:
     return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 
 
+def dense_size(grad: Gradient) -> tf.Tensor:
+    """How many entries the gradient's dense value has (float32; all rows for slices)."""
+    shape = grad.dense_shape if isinstance(grad, tf.IndexedSlices) else tf.shape(grad)
+    return tf.cast(tf.reduce_prod(shape), tf.float32)
+
+
 def with_values(grad: Gradient, values: tf.Tensor) -> Gradient:
     """Returns `grad` with its numbers replaced by `values` (same kind)."""
     if isinstance(grad, tf.IndexedSlices):

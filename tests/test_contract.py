@@ -6,6 +6,8 @@ The list of strategies is read from the registry, so a strategy registered later
 
 import inspect
 import math
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -73,7 +75,7 @@ def test_every_strategy_class_is_checked():
     classes = {
         cls.__name__
         for cls in keras.saving.get_custom_objects().values()
-        if inspect.isclass(cls) and issubclass(cls, kc.ClipStrategy)
+        if inspect.isclass(cls) and issubclass(cls, kc.ClipStrategy) and cls.__module__.startswith("keras_clip.")
     }
     checked = {type(factory()).__name__ for factory in FACTORIES.values()}
     assert classes <= checked, f"Register a name (or add an example) for {sorted(classes - checked)}"
@@ -281,3 +283,32 @@ def test_state_is_named_and_lists_the_variables(name):
 def test_mismatched_lengths():
     with pytest.raises(ValueError, match=r"same length. Received: len\(grads\)=1, len\(variables\)=0"):
         kc.ClipByValue(1.0).clip([tf.constant(1.0)], [])
+
+
+def test_custom_strategy_page_runs_and_its_strategy_keeps_the_contract():
+    """Runs the code of docs/custom-strategy.md as it stands, then checks the strategy it builds."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "custom-strategy.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+    namespace: dict = {}
+    exec(compile("\n".join(blocks), "custom-strategy.md", "exec"), namespace)
+    strategy_lines = blocks[0][blocks[0].index("@keras") :].strip().splitlines()
+    assert len(strategy_lines) < 30
+    history, stats, counting = namespace["history"].history, namespace["stats"], namespace["counting"]
+    assert all(post < pre for pre, post in zip(history["grad_norm"], history["clipped_grad_norm"]))
+    assert float(stats["grad_norm"]) == pytest.approx(math.sqrt(12 * 25.0), rel=1e-6)
+    assert float(stats["clipped_grad_norm"]) == pytest.approx(0.1 * math.sqrt(12), rel=1e-6)
+    assert int(counting.state["clipped_steps"]) == 1
+
+    make = lambda: namespace["ClipByRMS"](0.5)  # noqa: E731
+    config = keras.saving.serialize_keras_object(make())
+    assert kc.get(config).get_config() == {"max_rms": 0.5}
+    with pytest.raises(ValueError, match="Received: max_rms=-1"):
+        namespace["ClipByRMS"](-1)
+    variables, grads = problem(3.0)
+    got, got_stats = make().clip(grads)
+    step = tf.function(lambda g: make().clip(g, variables), jit_compile=True)
+    for other, other_stats in (make().clip(problem(3.0, sparse=False)[1]), step(grads)):
+        assert_same(got, other, got_stats, other_stats)
+    for g, c in zip(grads, got):  # Each gradient's RMS bounded by 0.5, reached where it was above.
+        rms, clipped_rms = (np.sqrt(np.mean(dense(x).astype(np.float64) ** 2)) for x in (g, c))
+        assert clipped_rms == pytest.approx(min(rms, 0.5), rel=1e-5)
