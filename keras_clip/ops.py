@@ -334,6 +334,18 @@ def default_unit_axes(rank: int) -> tuple[int, ...]:
     return tuple(range(rank - 1)) if rank >= 2 else tuple(range(rank))
 
 
+def canonical_axes(axis: int | Sequence[int], rank: int) -> tuple[int, ...]:
+    """Axes as sorted, distinct, non-negative ints for a tensor of this rank.
+
+    Raises:
+        ValueError: If an axis is outside `[-rank, rank)`.
+    """
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if not all(-rank <= a < rank for a in axes):
+        raise ValueError(f"`axis` must hold axes of a tensor of rank {rank}. Received: axis={axis!r}")
+    return tuple(sorted({a % rank for a in axes}))
+
+
 def unitwise_norm(x: tf.Tensor, axis: int | Sequence[int] | None = None) -> tf.Tensor:
     """L2 norm of each unit, broadcastable against `x` (float32).
 
@@ -350,11 +362,7 @@ def unitwise_norm(x: tf.Tensor, axis: int | Sequence[int] | None = None) -> tf.T
     x = tf.cast(x, tf.float32)
     rank = x.shape.rank
     default = default_unit_axes(rank)
-    axes = (
-        default
-        if axis is None
-        else tuple(sorted(a % max(rank, 1) for a in ((axis,) if isinstance(axis, int) else axis)))
-    )
+    axes = default if axis is None else canonical_axes(axis, rank)
     if rank <= 1 and axes == default:
         return tf.sqrt(sum_of_squares(x))
     units, rows = x.shape[-1], x.shape[:-1].num_elements()

@@ -145,6 +145,8 @@ def test_unit_axes_follow_the_layer_kind():
     assert unit_axes("mha/query/kernel", (16, 4, 8), {"*query*": None}) == (0, 1, 2)
     assert unit_axes("mha/query/kernel", (16, 4, 8), {"*query*": -1, "*": 0}) == (2,)
     assert unit_axes("block/einsum/kernel", (16, 4, 8), {"*einsum*": [0, 1]}) == (0, 1)
+    with pytest.raises(ValueError, match=r"rank 2. Received: axis=2"):
+        unit_axes("dense/kernel", (3, 4), {"dense/*": 2})
 
 
 def attention_case(scale=0.05, seed=0):
@@ -202,12 +204,12 @@ def test_agrees_with_optax_where_its_units_are_ours():
 
 def test_axis_override_and_config():
     variables, grads = attention_case()
-    strategy = AdaptiveGradClip(0.1, axis={"mha/query/kernel": None, "conv/*": [0, 1]})
+    strategy = AdaptiveGradClip(0.1, axis={"mha/query/kernel": None, "conv/kernel": [0, 1]})
     clipped, _ = strategy.clip(grads, variables)
     q = next(i for i, v in enumerate(variables) if v.path == "mha/query/kernel")
     want = agc_reference(grads[q].numpy(), variables[q].numpy(), 0.1, axes=(0, 1, 2))
     np.testing.assert_allclose(clipped[q].numpy(), want, rtol=1e-4, atol=1e-7)
-    assert strategy.get_config()["axis"] == {"mha/query/kernel": None, "conv/*": [0, 1]}
+    assert strategy.get_config()["axis"] == {"mha/query/kernel": None, "conv/kernel": [0, 1]}
     with pytest.raises(TypeError, match="Received: axis="):
         AdaptiveGradClip(0.1, axis={"conv/*": "last"})
     with pytest.raises(TypeError, match="Received: axis="):

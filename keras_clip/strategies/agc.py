@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence, Tuple, Union
+from typing import Any, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -13,7 +13,7 @@ from keras_clip.strategies import _validation
 from keras_clip.strategies._paths import matches, path_of, patterns_arg, warn_unmatched
 from keras_clip.strategies.base import ClipStrategy, Stats
 
-Axes = Union[int, Tuple[int, ...], None]
+Axes = int | Sequence[int] | None
 # MultiHeadAttention's query/key/value kernels are (in, heads, dim): one unit per (head, dim) pair.
 _PER_HEAD = ("*query/kernel", "*key/kernel", "*value/kernel")
 # Their biases (heads, dim) are one unit, as a Dense bias is.
@@ -26,23 +26,25 @@ def unit_axes(path: str, shape: Sequence[int], overrides: Mapping[str, Axes] | N
     The first `overrides` pattern matching `path` decides. Otherwise: a rank-3
     `query`, `key` or `value` kernel of a `MultiHeadAttention` (`(in, heads,
     dim)`) reduces axis 0 only, one unit per (head, dim) pair, and its bias
-    `(heads, dim)` is one unit; any other
-    rank >= 2 tensor reduces all axes but the last, one unit per output unit
-    (Dense `(in, out)`, Conv `(*kernel, in, out)`, the attention output
-    kernel `(heads, dim, out)`); a tensor of rank <= 1 (a bias) is one unit.
+    `(heads, dim)` is one unit; any other rank >= 2 tensor reduces all axes
+    but the last, one unit per output unit (Dense `(in, out)`, Conv
+    `(*kernel, in, out)`, the attention output kernel `(heads, dim, out)`);
+    a tensor of rank <= 1 (a bias) is one unit.
 
     Args:
         path: String. The variable's path, e.g. `"mha/query/kernel"`.
         shape: Sequence of int. The variable's shape.
-        overrides: Dict mapping str to int, tuple of int or None. `fnmatch`
-            patterns to the axes to reduce; None means the whole tensor.
+        overrides: Dict mapping str to int, sequence of int or None.
+            `fnmatch` patterns to the axes to reduce; None means the whole
+            tensor.
+
+    Raises:
+        ValueError: If an override names an axis the variable does not have.
     """
     rank = len(shape)
     for pattern, axes in (overrides or {}).items():
         if matches(path, (pattern,)):
-            if axes is None:
-                return tuple(range(rank))
-            return tuple(sorted({a % max(rank, 1) for a in ((axes,) if isinstance(axes, int) else axes)}))
+            return tuple(range(rank)) if axes is None else ops.canonical_axes(axes, rank)
     if rank == 3 and matches(path, _PER_HEAD):
         return (0,)
     if rank == 2 and matches(path, _PER_HEAD_BIAS):
