@@ -78,18 +78,22 @@ def test_threshold_is_norm_of_unit_bounds_and_bounds_the_output():
     assert float(stats["clipped_grad_norm"]) <= float(stats["threshold"]) * (1 + 1e-5)
 
 
-def test_indexed_slices_match_dense_reference():
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("axis, axes", [(None, None), (1, (1,))], ids=["units-span-rows", "unit-is-a-row"])
+def test_indexed_slices_match_dense_reference(axis, axes, jit):
+    # Units spanning the rows are clipped on the rows present, units within a row against their row's weights.
     rng = np.random.default_rng(1)
     table = keras.Variable(rng.normal(size=(8, 3)).astype("float32"), name="embeddings")
     values = rng.normal(size=(4, 3)).astype("float32") * 5
     indices = np.array([1, 5, 1, 6])
     grad = tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([8, 3]))
-    clipped, _ = AdaptiveGradClip(0.1).clip([grad], [table])
+    strategy = AdaptiveGradClip(0.1, axis=None if axis is None else {"embeddings": axis})
+    clipped, _ = tf.function(lambda g: strategy.clip(g, [table]), jit_compile=jit)([grad])
     assert isinstance(clipped[0], tf.IndexedSlices)
     dense = np.zeros((8, 3))
     np.add.at(dense, indices, values)
-    got = tf.scatter_nd(clipped[0].indices[:, None], clipped[0].values, [8, 3]).numpy()
-    np.testing.assert_allclose(got, agc_reference(dense, table.numpy(), 0.1), rtol=1e-4, atol=1e-7)
+    got = tf.convert_to_tensor(clipped[0]).numpy()
+    np.testing.assert_allclose(got, agc_reference(dense, table.numpy(), 0.1, axes=axes), rtol=1e-4, atol=1e-7)
 
 
 def test_exclude_passes_variables_through_and_none_stays_none():
@@ -214,17 +218,3 @@ def test_axis_override_and_config():
         AdaptiveGradClip(0.1, axis={"conv/*": "last"})
     with pytest.raises(TypeError, match="Received: axis="):
         AdaptiveGradClip(0.1, axis=[0])
-
-
-def test_indexed_slices_with_units_across_rows():
-    # An embedding whose unit is one row (axis 1 reduced): the slices are clipped as their dense value.
-    rng = np.random.default_rng(2)
-    table = keras.Variable(rng.normal(size=(8, 3)).astype("float32"), name="embeddings")
-    values = rng.normal(size=(4, 3)).astype("float32") * 5
-    indices = np.array([1, 5, 1, 6])
-    grad = tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([8, 3]))
-    clipped, _ = AdaptiveGradClip(0.1, axis={"embeddings": 1}).clip([grad], [table])
-    dense = np.zeros((8, 3))
-    np.add.at(dense, indices, values)
-    got = tf.convert_to_tensor(clipped[0]).numpy()
-    np.testing.assert_allclose(got, agc_reference(dense, table.numpy(), 0.1, axes=(1,)), rtol=1e-4, atol=1e-7)

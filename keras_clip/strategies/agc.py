@@ -60,8 +60,8 @@ def unitwise_clip(
     Args:
         grad: Tensor or IndexedSlices (deduplicated). For slices whose units
             span the rows (axis 0 reduced) the norm runs over the rows present
-            (the others are zero), which equals the dense unit norm; other
-            slices are made dense first.
+            (the others are zero), which equals the dense unit norm; for units
+            within a row, each row present is bounded by its own weights.
         weight: Tensor. The variable's value.
         clipping: Float. The clipping factor lambda.
         eps: Float. Floor on the weight norm (zero-initialised biases).
@@ -74,11 +74,12 @@ def unitwise_clip(
         `bound_squares` (sum of the squared unit bounds) and `clipped_units`
         (how many units were clipped).
     """
-    if isinstance(grad, tf.IndexedSlices) and axes is not None and 0 not in axes:
-        grad = tf.convert_to_tensor(grad)
     values = ops.values_of(grad)
     g_norm = ops.unitwise_norm(values, axes)
-    bound = clipping * tf.maximum(ops.unitwise_norm(weight, axes), eps)
+    w_norm = ops.unitwise_norm(weight, axes)
+    if isinstance(grad, tf.IndexedSlices) and axes is not None and 0 not in axes:
+        w_norm = tf.gather(w_norm, grad.indices)  # One unit per row: the bounds of the rows present.
+    bound = clipping * tf.maximum(w_norm, eps)
     trigger = g_norm >= bound
     factor = tf.where(trigger, bound / tf.maximum(g_norm, 1e-6), tf.ones_like(g_norm))
     clipped = ops.scale(grad, factor)
