@@ -148,6 +148,8 @@ class ByVariable(ClipStrategy):
         2021 (clipping rules that differ per layer).
     """
 
+    needs_variables = True  # It routes by variable path.
+
     def __init__(self, rules: Mapping[str, ClipStrategy | None], default: ClipStrategy | None = None) -> None:
         super().__init__()
         if not isinstance(rules, Mapping) or not all(isinstance(p, str) for p in rules):
@@ -177,8 +179,6 @@ class ByVariable(ClipStrategy):
                 if strategy is not None and not strategy.built:
                     strategy.build([v for v in variables if self._group(path_of(v)) == i])
         super().build(variables)
-
-    needs_variables = True
 
     @property
     def state(self) -> dict[str, keras.Variable]:
