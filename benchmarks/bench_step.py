@@ -166,7 +166,7 @@ class BarrierOnly(kc.ClipStrategy):
     costs; the gap between it and `kc_propagate` is what the norm costs.
     """
 
-    def _clip(self, grads: list, variables: list) -> tuple[list, dict]:
+    def clip_present(self, grads: list, variables: list) -> tuple[list, dict]:
         probe = tf.add_n([tf.reshape(ops.values_of(g), [-1])[0] for g in grads])
         factor = tf.where(tf.math.is_finite(probe), 1.0, 0.5)
         return [ops.scale(g, factor) for g in grads], {"grad_norm": probe, "clipped_grad_norm": probe}

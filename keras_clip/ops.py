@@ -66,6 +66,12 @@ def values_of(grad: Gradient) -> tf.Tensor:
     return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 
 
+def dense_size(grad: Gradient) -> tf.Tensor:
+    """How many entries the gradient's dense value has (float32; all rows for slices)."""
+    shape = grad.dense_shape if isinstance(grad, tf.IndexedSlices) else tf.shape(grad)
+    return tf.cast(tf.reduce_prod(shape), tf.float32)
+
+
 def with_values(grad: Gradient, values: tf.Tensor) -> Gradient:
     """Returns `grad` with its numbers replaced by `values` (same kind)."""
     if isinstance(grad, tf.IndexedSlices):
@@ -164,6 +170,9 @@ def norm(grad: Gradient, norm_type: float = 2.0) -> tf.Tensor:
 def combine_norms(norms: Sequence[tf.Tensor], norm_type: float = 2.0) -> tf.Tensor:
     """Combines per-tensor norms into the norm of all tensors as one vector.
 
+    For L2, the norms are divided by the largest before squaring, so norms
+    above ~1.8e19 combine without overflow (the inputs are scalars: free).
+
     Args:
         norms: Sequence of float32 scalars, each a `norm(g, norm_type)`.
         norm_type: Float. `1.0`, `2.0` or `math.inf`.
@@ -175,11 +184,17 @@ def combine_norms(norms: Sequence[tf.Tensor], norm_type: float = 2.0) -> tf.Tens
         return tf.reduce_sum(stacked)
     if norm_type == math.inf:
         return tf.reduce_max(stacked)
-    return tf.sqrt(tf.reduce_sum(tf.square(stacked)))
+    largest = tf.reduce_max(stacked)
+    safe = tf.where(tf.math.is_finite(largest) & (largest > 0), largest, tf.ones_like(largest))
+    combined = safe * tf.sqrt(tf.reduce_sum(tf.square(stacked / safe)))
+    # NaN anywhere stays NaN (reduce_max may drop it); inf stays inf.
+    return tf.where(tf.reduce_any(tf.math.is_nan(stacked)), tf.constant(math.nan), combined)
 
 
 def global_norm(grads: Sequence[Gradient | None], norm_type: float = 2.0) -> tf.Tensor:
     """Norm of all gradients concatenated into one vector; `None` is skipped.
+
+    The L2 norm is overflow-safe (see `l2_norms`).
 
     Args:
         grads: Sequence of Tensor, IndexedSlices or None.
@@ -190,8 +205,64 @@ def global_norm(grads: Sequence[Gradient | None], norm_type: float = 2.0) -> tf.
     """
     present = [deduplicate(g) for g in grads if g is not None]
     if norm_type == 2.0:
-        return tf.sqrt(tf.add_n([sum_of_squares(g) for g in present]) if present else 0.0)
+        return l2_norms(present)[1]
     return combine_norms([norm(g, norm_type) for g in present], norm_type)
+
+
+def root_sum_squares(squares: Sequence[tf.Tensor]) -> tf.Tensor:
+    """`sqrt(sum(squares))`, 0 for an empty sequence: an L2 norm from squared parts.
+
+    Args:
+        squares: Sequence of float32 scalars (or broadcastable tensors), each a
+            squared L2 norm of a part of one vector.
+    """
+    return tf.sqrt(tf.add_n(list(squares))) if squares else tf.constant(0.0)
+
+
+def l2_norms(grads: Sequence[Gradient]) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """The L2 norm of each gradient and of all of them, overflow-safe.
+
+    A float32 sum of squares overflows once an entry passes ~1.8e19, although
+    the norm itself (up to ~3.4e38) is representable. The plain sums are
+    computed first; only when their total is `inf` are the norms computed
+    again from the gradients divided by their largest magnitude, inside a
+    `tf.cond`, so the usual step pays one scalar test (XLA runs only the
+    branch taken). A gradient holding an `inf` still has norm `inf`, and one
+    holding a NaN norm NaN.
+
+    Args:
+        grads: Sequence of Tensor or IndexedSlices (already deduplicated, no
+            None).
+
+    Returns:
+        `(norms, total)`: one float32 scalar per gradient and the global L2
+        norm.
+    """
+    grads = list(grads)
+    if not grads:
+        return [], tf.constant(0.0)
+    squares = [sum_of_squares(g) for g in grads]
+    total = tf.add_n(squares)
+
+    def plain() -> list[tf.Tensor]:
+        return [tf.sqrt(s) for s in squares] + [tf.sqrt(total)]
+
+    def rescaled() -> list[tf.Tensor]:
+        norms = [_rescaled_norm(g) for g in grads]
+        return norms + [combine_norms(norms)]
+
+    result = tf.cond(tf.math.is_inf(total), rescaled, plain)
+    return list(result[:-1]), result[-1]
+
+
+def _rescaled_norm(grad: Gradient) -> tf.Tensor:
+    """`m * ||g / m||` with `m = max |g|`: the L2 norm without overflowing squares."""
+    values = tf.abs(tf.cast(values_of(grad), tf.float32))
+    largest = tf.reduce_max(values)  # -inf when empty: then the plain formula gives 0.
+    safe = tf.where(tf.math.is_finite(largest) & (largest > 0), largest, tf.ones_like(largest))
+    rescaled = safe * tf.sqrt(tf.reduce_sum(tf.square(values / safe)))
+    # An inf entry gives inf (inf / 1 squared); zero and NaN pass through the plain formula.
+    return tf.where(largest > 0, rescaled, tf.sqrt(tf.reduce_sum(tf.square(values))))
 
 
 def clip_factor(current_norm: tf.Tensor, max_norm: tf.Tensor | float) -> tf.Tensor:
@@ -211,9 +282,22 @@ def clip_factor(current_norm: tf.Tensor, max_norm: tf.Tensor | float) -> tf.Tens
 
 
 def scale(grad: Gradient, factor: tf.Tensor) -> Gradient:
-    """Multiplies a gradient by a scalar factor, keeping its kind and dtype."""
+    """Multiplies a gradient by a factor, keeping its kind and dtype.
+
+    float16 and bfloat16 gradients are multiplied in float32 and cast back:
+    a factor below float16's smallest normal number (~6e-5) would otherwise
+    lose precision, and one below ~3e-8 become 0, although the product is
+    representable.
+
+    Args:
+        grad: Tensor or IndexedSlices.
+        factor: Float tensor, a scalar or broadcastable against the
+            gradient's values (per-unit factors).
+    """
     values = values_of(grad)
-    return with_values(grad, values * tf.cast(factor, values.dtype))
+    compute = tf.float32 if values.dtype in (tf.float16, tf.bfloat16) else values.dtype
+    product = tf.cast(values, compute) * tf.cast(factor, compute)
+    return with_values(grad, tf.cast(product, values.dtype))
 
 
 def clip_values(grad: Gradient, clip_value: tf.Tensor | float) -> Gradient:
@@ -240,21 +324,50 @@ def all_finite(grads: Sequence[Gradient | None]) -> tf.Tensor:
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
-def unitwise_norm(x: tf.Tensor) -> tf.Tensor:
-    """L2 norm of each output unit, broadcastable against `x` (float32).
+def default_unit_axes(rank: int) -> tuple[int, ...]:
+    """The axes a unit's norm runs over by default: all but the last (rank >= 2), else all.
 
-    A unit is one slice along the last axis for rank >= 2 (Dense `(in, out)`,
-    Conv `(*kernel, in, out)`); a tensor of rank <= 1 is a single unit.
-    Under XLA each unit's entries are summed in groups of 8 rows first, for
-    the reason given in `sum_of_squares`.
+    One unit is one output unit: a slice along the last axis of a Dense
+    `(in, out)` or Conv `(*kernel, in, out)` kernel; a bias, vector or scalar
+    is one unit.
+    """
+    return tuple(range(rank - 1)) if rank >= 2 else tuple(range(rank))
+
+
+def canonical_axes(axis: int | Sequence[int], rank: int) -> tuple[int, ...]:
+    """Axes as sorted, distinct, non-negative ints for a tensor of this rank.
+
+    Raises:
+        ValueError: If an axis is outside `[-rank, rank)`.
+    """
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if not all(-rank <= a < rank for a in axes):
+        raise ValueError(f"`axis` must hold axes of a tensor of rank {rank}. Received: axis={axis!r}")
+    return tuple(sorted({a % rank for a in axes}))
+
+
+def unitwise_norm(x: tf.Tensor, axis: int | Sequence[int] | None = None) -> tf.Tensor:
+    """L2 norm of each unit, broadcastable against `x` (float32).
+
+    Args:
+        x: Tensor.
+        axis: Int, sequence of int or None. The axes each unit's norm runs
+            over (the unit is what the other axes index). None (default):
+            `default_unit_axes(rank)`, all axes but the last for rank >= 2,
+            the whole tensor for rank <= 1.
+
+    Under XLA, with the default axes, each unit's entries are summed in groups
+    of 8 rows first, for the reason given in `sum_of_squares`.
     """
     x = tf.cast(x, tf.float32)
-    if x.shape.rank is not None and x.shape.rank <= 1:
+    rank = x.shape.rank
+    default = default_unit_axes(rank)
+    axes = default if axis is None else canonical_axes(axis, rank)
+    if rank <= 1 and axes == default:
         return tf.sqrt(sum_of_squares(x))
-    rank, units = x.shape.rank, x.shape[-1]
-    rows = x.shape[:-1].num_elements()
-    if _in_xla() and units is not None and rows and rows % _ROW == 0:
+    units, rows = x.shape[-1], x.shape[:-1].num_elements()
+    if axes == default and _in_xla() and units is not None and rows and rows % _ROW == 0:
         groups = tf.reduce_sum(tf.square(tf.reshape(x, [-1, _ROW, units])), axis=1)
         squares = tf.reduce_sum(tf.abs(groups), axis=0)
         return tf.sqrt(tf.reshape(squares, [1] * (rank - 1) + [units]))
-    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=list(range(rank - 1)), keepdims=True))
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=list(axes), keepdims=True))

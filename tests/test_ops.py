@@ -99,3 +99,57 @@ def test_unitwise_norm_shapes():
     np.testing.assert_allclose(got, np.sqrt((kernel**2).sum(axis=(0, 1), keepdims=True)), rtol=1e-6)
     bias = np.array([3.0, 4.0], "float32")
     assert float(ops.unitwise_norm(tf.constant(bias))) == pytest.approx(5.0)
+
+
+def _huge_and_small(seed=0):
+    """Gradients whose float32 sum of squares overflows (entries ~1e20), next to ordinary ones."""
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(30, 8)) * 1e20, rng.normal(size=(8,)) * 3e21, rng.normal(size=(3,))]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_l2_norms_do_not_overflow_and_match_float64(jit):
+    arrays = _huge_and_small()
+    fn = tf.function(ops.l2_norms, jit_compile=jit)
+    norms, total = fn([tf.constant(a, tf.float32) for a in arrays])
+    np.testing.assert_allclose([float(n) for n in norms], [np.linalg.norm(a) for a in arrays], rtol=1e-5)
+    expected = np.sqrt(sum(np.sum(a**2) for a in arrays))
+    np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(ops.global_norm([tf.constant(a, tf.float32) for a in arrays])), expected, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_l2_norms_of_nonfinite_and_empty_gradients(jit):
+    fn = tf.function(ops.l2_norms, jit_compile=jit)
+    _, total = fn([tf.constant([1.0, math.inf]), tf.constant([1e30])])
+    assert float(total) == math.inf
+    _, total = fn([tf.constant([1.0, math.nan]), tf.constant([1e30])])
+    assert math.isnan(float(total))
+    norms, total = fn([tf.zeros([0, 3]), tf.constant([3.0, 4.0])])
+    assert [float(n) for n in norms] == [0.0, 5.0] and float(total) == 5.0
+    assert ops.l2_norms([])[0] == [] and float(ops.l2_norms([])[1]) == 0.0
+
+
+def test_combine_norms_does_not_overflow_and_keeps_nan():
+    big = [tf.constant(3e20), tf.constant(4e20)]
+    assert float(ops.combine_norms(big)) == pytest.approx(5e20, rel=1e-6)
+    assert math.isnan(float(ops.combine_norms([tf.constant(1.0), tf.constant(math.nan)])))
+    assert float(ops.combine_norms([tf.constant(1.0), tf.constant(math.inf)])) == math.inf
+
+
+def test_scale_multiplies_float16_in_float32():
+    grad = tf.fill([100, 100], tf.constant(60000.0, tf.float16))
+    factor = tf.constant(0.1 / (60000.0 * 100.0))  # ~1.7e-8: 0 in float16
+    scaled = ops.scale(grad, factor)
+    assert scaled.dtype == tf.float16
+    np.testing.assert_allclose(scaled.numpy().astype(np.float64), 1e-3, rtol=1e-3)
+
+
+def test_unitwise_norm_with_explicit_axes():
+    kernel = np.arange(1, 25, dtype="float32").reshape(2, 3, 4)
+    got = ops.unitwise_norm(tf.constant(kernel), axis=0).numpy()
+    np.testing.assert_allclose(got, np.sqrt((kernel**2).sum(axis=0, keepdims=True)), rtol=1e-6)
+    got = ops.unitwise_norm(tf.constant(kernel), axis=(0, -1)).numpy()
+    np.testing.assert_allclose(got, np.sqrt((kernel**2).sum(axis=(0, 2), keepdims=True)), rtol=1e-6)

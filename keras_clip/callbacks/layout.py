@@ -23,6 +23,13 @@ SKIPPED_STEPS = "clipping/skipped_steps"
 SPIKE = "grad_norm/spike"
 PER_VARIABLE_PREFIX = "grad_norm_by_variable/"
 VARIABLE_THRESHOLD = PER_VARIABLE_PREFIX + "threshold"
+# The largest variable's norm before and after, in the norm `variable_threshold` bounds.
+VARIABLE_MAX_PRE_CLIP = PER_VARIABLE_PREFIX + "max_pre_clip"
+VARIABLE_MAX_POST_CLIP = PER_VARIABLE_PREFIX + "max_post_clip"
+# A global-norm strategy measuring the 1- or inf-norm: its norms and threshold, charted apart from L2.
+STRATEGY_NORM_PRE_CLIP = "strategy_norm/pre_clip"
+STRATEGY_NORM_POST_CLIP = "strategy_norm/post_clip"
+STRATEGY_NORM_THRESHOLD = "strategy_norm/threshold"
 HISTOGRAM_PREFIX = "gradients/"
 
 # Statistic reported by the train step -> tag; others go to `clipping/<name>`.
@@ -31,13 +38,30 @@ _STAT_TAGS = {
     "clipped_grad_norm": POST_CLIP,
     "threshold": THRESHOLD,
     "variable_threshold": VARIABLE_THRESHOLD,
+    "variable_norm": VARIABLE_MAX_PRE_CLIP,
+    "clipped_variable_norm": VARIABLE_MAX_POST_CLIP,
+    "norm": STRATEGY_NORM_PRE_CLIP,
+    "clipped_norm": STRATEGY_NORM_POST_CLIP,
     "nonfinite_steps": NONFINITE_STEPS,
     "skipped_steps": SKIPPED_STEPS,
 }
 
 
-def stat_tag(name: str) -> str:
-    """The tag of a statistic of the train step (e.g. `grad_norm` -> `grad_norm/pre_clip`)."""
+def stat_tag(name: str, stats: dict[str, float] | None = None) -> str:
+    """The tag of a statistic of the train step (e.g. `grad_norm` -> `grad_norm/pre_clip`).
+
+    A strategy that measures its global norm in another norm than L2 reports
+    it as `norm` (and `clipped_norm`); its `threshold` is in that norm, so it
+    goes to the chart of those norms (`strategy_norm/threshold`), not beside
+    the L2 norms.
+
+    Args:
+        name: String. The statistic's name.
+        stats: Dict or None. All statistics of the step (decides where
+            `threshold` goes).
+    """
+    if name == "threshold" and stats is not None and "norm" in stats:
+        return STRATEGY_NORM_THRESHOLD
     return _STAT_TAGS.get(name, f"clipping/{name}")
 
 
@@ -51,7 +75,7 @@ def scalars_of(stats: dict[str, float]) -> dict[str, float]:
     Args:
         stats: Dict of str to float, as recorded by the train step.
     """
-    scalars = {stat_tag(name): value for name, value in stats.items()}
+    scalars = {stat_tag(name, stats): value for name, value in stats.items()}
     pre, post = stats.get("grad_norm"), stats.get("clipped_grad_norm")
     if pre is not None and post is not None:
         factor = _factor(pre, post)
@@ -67,7 +91,7 @@ def _factor(pre: float, post: float) -> float:
 
 
 def layout(prefixes: Sequence[str] = ("",)) -> layout_pb2.Layout:
-    """The custom-scalars layout: pre-clip, post-clip and threshold on one chart.
+    """The custom-scalars layout: each threshold on one chart with the norms it bounds, in its own norm.
 
     Args:
         prefixes: Sequence of str. One category per optimizer: `""` for the
@@ -83,6 +107,18 @@ def _category(prefix: str) -> layout_pb2.Category:
 
     charts = [
         chart("Global gradient norm: pre-clip, post-clip, threshold", PRE_CLIP, POST_CLIP, THRESHOLD),
+        chart(
+            "Global gradient norm in the strategy's norm (1 or inf): pre-clip, post-clip, threshold",
+            STRATEGY_NORM_PRE_CLIP,
+            STRATEGY_NORM_POST_CLIP,
+            STRATEGY_NORM_THRESHOLD,
+        ),
+        chart(
+            "Largest variable's norm: pre-clip, post-clip, per-variable threshold",
+            VARIABLE_MAX_PRE_CLIP,
+            VARIABLE_MAX_POST_CLIP,
+            VARIABLE_THRESHOLD,
+        ),
         chart("Clip factor (post-clip / pre-clip) and clipped steps", CLIP_FACTOR, CLIPPED),
         chart("Non-finite and skipped steps (total)", NONFINITE_STEPS, SKIPPED_STEPS),
     ]

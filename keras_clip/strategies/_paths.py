@@ -6,8 +6,6 @@ import fnmatch
 import warnings
 from typing import Any, Sequence
 
-import keras
-
 
 def patterns_arg(name: str, value: Any) -> tuple[str, ...]:
     """Validates a string or a sequence of strings (fnmatch patterns)."""
@@ -19,14 +17,23 @@ def patterns_arg(name: str, value: Any) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def path_of(variable: Any) -> str:
+    """A variable's path: `keras.Variable.path`, or a `tf.Variable`'s name without the `:0`."""
+    path = getattr(variable, "path", None)
+    if path is None:
+        name = getattr(variable, "name", None) or ""
+        path = name.rsplit(":", 1)[0] if ":" in name else name
+    return path
+
+
 def matches(path: str, patterns: Sequence[str]) -> bool:
     """Whether a variable path matches any of the fnmatch patterns (case-sensitive)."""
     return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
-def warn_unmatched(owner: str, patterns: Sequence[str], variables: Sequence[keras.Variable]) -> None:
+def warn_unmatched(owner: str, patterns: Sequence[str], variables: Sequence[Any]) -> None:
     """Warns, in one message, about every pattern that matches none of the variables."""
-    paths = [v.path for v in variables]
+    paths = [path_of(v) for v in variables]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
     if unmatched:
         warnings.warn(

@@ -3,27 +3,70 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
-from keras_clip.strategies._paths import matches, patterns_arg, warn_unmatched
+from keras_clip.strategies._paths import matches, path_of, patterns_arg, warn_unmatched
 from keras_clip.strategies.base import ClipStrategy, Stats
 
+Axes = int | Sequence[int] | None
+# MultiHeadAttention's query/key/value kernels are (in, heads, dim): one unit per (head, dim) pair.
+_PER_HEAD = ("*query/kernel", "*key/kernel", "*value/kernel")
+# Their biases (heads, dim) are one unit, as a Dense bias is.
+_PER_HEAD_BIAS = ("*query/bias", "*key/bias", "*value/bias")
 
-def unitwise_clip(grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: float) -> tuple[ops.Gradient, Stats]:
+
+def unit_axes(path: str, shape: Sequence[int], overrides: Mapping[str, Axes] | None = None) -> tuple[int, ...]:
+    """The axes AGC's unit norms run over for one variable (the unit is what the other axes index).
+
+    The first `overrides` pattern matching `path` decides. Otherwise: a rank-3
+    `query`, `key` or `value` kernel of a `MultiHeadAttention` (`(in, heads,
+    dim)`) reduces axis 0 only, one unit per (head, dim) pair, and its bias
+    `(heads, dim)` is one unit; any other rank >= 2 tensor reduces all axes
+    but the last, one unit per output unit (Dense `(in, out)`, Conv
+    `(*kernel, in, out)`, the attention output kernel `(heads, dim, out)`);
+    a tensor of rank <= 1 (a bias) is one unit.
+
+    Args:
+        path: String. The variable's path, e.g. `"mha/query/kernel"`.
+        shape: Sequence of int. The variable's shape.
+        overrides: Dict mapping str to int, sequence of int or None.
+            `fnmatch` patterns to the axes to reduce; None means the whole
+            tensor.
+
+    Raises:
+        ValueError: If an override names an axis the variable does not have.
+    """
+    rank = len(shape)
+    for pattern, axes in (overrides or {}).items():
+        if matches(path, (pattern,)):
+            return tuple(range(rank)) if axes is None else ops.canonical_axes(axes, rank)
+    if rank == 3 and matches(path, _PER_HEAD):
+        return (0,)
+    if rank == 2 and matches(path, _PER_HEAD_BIAS):
+        return (0, 1)
+    return ops.default_unit_axes(rank)
+
+
+def unitwise_clip(
+    grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: float, axes: tuple[int, ...] | None = None
+) -> tuple[ops.Gradient, Stats]:
     """AGC for one gradient: each unit's norm is bounded by `clipping * max(||W_i||, eps)`.
 
     Args:
-        grad: Tensor or IndexedSlices (deduplicated). Units are slices along the
-            last axis; for slices the norm runs over the rows present (the
-            others are zero), which equals the dense unit norm.
+        grad: Tensor or IndexedSlices (deduplicated). For slices whose units
+            span the rows (axis 0 reduced) the norm runs over the rows present
+            (the others are zero), which equals the dense unit norm; for units
+            within a row, each row present is bounded by its own weights.
         weight: Tensor. The variable's value.
         clipping: Float. The clipping factor lambda.
         eps: Float. Floor on the weight norm (zero-initialised biases).
+        axes: Tuple of int or None. The axes each unit's norm runs over
+            (`unit_axes`); None for the default, all axes but the last.
 
     Returns:
         `(clipped, parts)`: the clipped gradient and float32 scalars
@@ -32,11 +75,14 @@ def unitwise_clip(grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: f
         (how many units were clipped).
     """
     values = ops.values_of(grad)
-    g_norm = ops.unitwise_norm(values)
-    bound = clipping * tf.maximum(ops.unitwise_norm(weight), eps)
+    g_norm = ops.unitwise_norm(values, axes)
+    w_norm = ops.unitwise_norm(weight, axes)
+    if isinstance(grad, tf.IndexedSlices) and axes is not None and 0 not in axes:
+        w_norm = tf.gather(w_norm, grad.indices)  # One unit per row: the bounds of the rows present.
+    bound = clipping * tf.maximum(w_norm, eps)
     trigger = g_norm >= bound
     factor = tf.where(trigger, bound / tf.maximum(g_norm, 1e-6), tf.ones_like(g_norm))
-    clipped = ops.with_values(grad, values * tf.cast(factor, values.dtype))
+    clipped = ops.scale(grad, factor)
     parts = {
         # Both from the unit norms: the gradient is read once.
         "pre_squares": tf.reduce_sum(tf.square(g_norm)),
@@ -51,12 +97,17 @@ def unitwise_clip(grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: f
 class AdaptiveGradClip(ClipStrategy):
     """Adaptive gradient clipping (AGC): unit-wise, relative to the weight norm.
 
-    For every unit `i` (one output unit: a slice along the last axis of a
-    Dense `(in, out)` or Conv `(*kernel, in, out)` kernel; the whole tensor for
-    a bias or scalar), with `bound_i = clipping * max(||W_i||, eps)`:
+    For every unit `i`, with `bound_i = clipping * max(||W_i||, eps)`:
     if `||G_i|| >= bound_i` then `G_i <- G_i * bound_i / max(||G_i||, 1e-6)`.
     The threshold follows the weights, so one `clipping` factor fits every
     layer and needs no tuning to the gradient's scale.
+
+    A unit is chosen per layer kind (`unit_axes`): one output unit (a slice
+    along the last axis) of a Dense `(in, out)`, Conv `(*kernel, in, out)`
+    or attention output `(heads, dim, out)` kernel; one (head, dim) pair of a
+    `MultiHeadAttention` query, key or value kernel `(in, heads, dim)`; the
+    whole tensor for a bias or scalar. `axis` overrides the rule by path
+    pattern.
 
     NFNets used `clipping=0.01` at batch size 4096 and excluded the final
     classifier layer (smaller batches tolerate larger factors). Excluded
@@ -75,11 +126,15 @@ class AdaptiveGradClip(ClipStrategy):
             units (biases) can still move. Defaults to 1e-3 as in the paper.
         exclude: String or sequence of str. `fnmatch` patterns of variable
             paths (`variable.path`, e.g. `"dense_1/*"`) left unclipped.
+        axis: Dict mapping str to int, sequence of int or None, or None.
+            Variable path patterns to the axes a unit's norm runs over (None:
+            the whole tensor is one unit), for layers the default rule does
+            not know; the first matching pattern wins.
 
     Example:
 
     ```python
-    agc = keras_clip.AdaptiveGradClip(0.01, exclude=["classifier/*"])
+    agc = keras_clip.AdaptiveGradClip(0.01, exclude=["classifier/*"], axis={"my_einsum/kernel": 0})
     model.compile(optimizer="sgd", loss="mse", clipping=agc)
     ```
 
@@ -89,48 +144,75 @@ class AdaptiveGradClip(ClipStrategy):
         2021.
     """
 
-    def __init__(self, clipping: float, eps: float = 1e-3, exclude: str | Sequence[str] = ()) -> None:
+    needs_variables = True
+
+    def __init__(
+        self,
+        clipping: float,
+        eps: float = 1e-3,
+        exclude: str | Sequence[str] = (),
+        axis: Mapping[str, int | Sequence[int] | None] | None = None,
+    ) -> None:
         super().__init__()
         self.clipping = _validation.positive_finite("clipping", clipping)
         self.eps = _validation.positive_finite("eps", eps)
         self.exclude = patterns_arg("exclude", exclude)
+        self.axis = _axis_arg(axis)
 
-    def build(self, variables: Sequence[keras.Variable]) -> None:
-        """Checks the `exclude` patterns against the variables (warns once)."""
+    def build(self, variables: Sequence[Any]) -> None:
+        """Checks the `exclude` and `axis` patterns against the variables (warns once)."""
         if not self.built:
-            warn_unmatched(type(self).__name__, self.exclude, variables)
+            warn_unmatched(type(self).__name__, [*self.exclude, *self.axis], variables)
         super().build(variables)
 
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
         clipped, pre_squares, post_squares, bound_squares, hits, units = [], [], [], [], [], 0
         for grad, variable in zip(grads, variables):
-            if matches(variable.path, self.exclude):
+            path = path_of(variable)
+            if matches(path, self.exclude):
                 square = ops.sum_of_squares(grad)
                 clipped.append(grad)
                 pre_squares.append(square)
                 post_squares.append(square)
                 continue
-            new, parts = unitwise_clip(grad, variable.value, self.clipping, self.eps)
+            axes = unit_axes(path, tuple(variable.shape), self.axis)
+            new, parts = unitwise_clip(grad, tf.convert_to_tensor(variable), self.clipping, self.eps, axes)
             clipped.append(new)
             pre_squares.append(parts["pre_squares"])
             post_squares.append(parts["post_squares"])
             bound_squares.append(parts["bound_squares"])
             hits.append(parts["clipped_units"])
-            units += _unit_count(variable)
-        pre = tf.sqrt(tf.add_n(pre_squares)) if pre_squares else tf.constant(0.0)
+            units += math.prod(int(d) for i, d in enumerate(variable.shape) if i not in axes)
+        pre = ops.root_sum_squares(pre_squares)
         stats = {
             "grad_norm": pre,
             # Derived from the unit norms already measured: ||f_i G_i||^2 = f_i^2 ||G_i||^2.
-            "clipped_grad_norm": tf.sqrt(tf.add_n(post_squares)) if post_squares else pre,
-            "threshold": tf.sqrt(tf.add_n(bound_squares)) if bound_squares else tf.constant(math.inf),
+            "clipped_grad_norm": ops.root_sum_squares(post_squares),
+            "threshold": ops.root_sum_squares(bound_squares) if bound_squares else tf.constant(math.inf),
             "clipped_fraction": tf.add_n(hits) / float(units) if hits else tf.constant(0.0),
         }
         return clipped, stats
 
     def get_config(self) -> dict[str, Any]:
-        return {"clipping": self.clipping, "eps": self.eps, "exclude": list(self.exclude)}
+        return {"clipping": self.clipping, "eps": self.eps, "exclude": list(self.exclude), "axis": dict(self.axis)}
 
 
-def _unit_count(variable: keras.Variable) -> int:
-    shape = tuple(variable.shape)
-    return int(shape[-1]) if len(shape) >= 2 else 1
+def _axis_arg(value: Any) -> dict[str, int | list[int] | None]:
+    """Validates `axis`: a dict of path patterns to an int, a sequence of ints or None."""
+    if value is None:
+        return {}
+    message = (
+        "`axis` must be a dict mapping variable path patterns (str) to the axes to reduce "
+        f"(an int, a sequence of ints, or None for the whole tensor). Received: axis={value!r}"
+    )
+    if not isinstance(value, Mapping) or not all(isinstance(p, str) for p in value):
+        raise TypeError(message)
+    result: dict[str, int | list[int] | None] = {}
+    for pattern, axes in value.items():
+        if axes is None or (isinstance(axes, int) and not isinstance(axes, bool)):
+            result[pattern] = axes
+        elif isinstance(axes, Sequence) and all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+            result[pattern] = list(axes)
+        else:
+            raise TypeError(message)
+    return result

@@ -10,8 +10,7 @@ import tensorflow as tf
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
-from keras_clip.strategies._state import keep_if, state_variable
-from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+from keras_clip.strategies.base import ClipStrategy, Stats, keep_if
 
 
 def ring_append(history: tf.Tensor, count: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
@@ -48,7 +47,8 @@ def ring_percentile(history: tf.Tensor, count: tf.Tensor, percentile: float) -> 
     inf = tf.constant(math.inf, history.dtype)
     ordered = tf.sort(tf.where(tf.range(size, dtype=tf.int64) < held, history, inf))
     last = tf.maximum(held, 1) - 1
-    rank = tf.cast(percentile / 100.0, tf.float64) * tf.cast(last, tf.float64)
+    # The fraction as a float64 constant: exact, where a cast of a Python float goes through float32.
+    rank = tf.constant(percentile / 100.0, tf.float64) * tf.cast(last, tf.float64)
     low = tf.cast(tf.floor(rank), tf.int64)
     high = tf.minimum(low + 1, last)
     fraction = tf.cast(rank - tf.floor(rank), history.dtype)
@@ -71,8 +71,10 @@ class AutoClip(ClipStrategy):
 
     The history is a fixed-size ring buffer in a Keras variable (plus an
     int64 step counter), so it compiles under XLA and is saved, checkpointed
-    and restored with the model. A non-finite norm is not recorded (the
-    model's non-finite policy decides about that step). The first step is
+    and restored with the model (`state["history"]`, `state["count"]`). A
+    non-finite norm is not recorded (the model's non-finite policy decides
+    about that step), nor is a zero norm (a step without gradient would
+    otherwise pull a low percentile to 0 and zero the following steps). The first step is
     never clipped (its norm is the whole history).
 
     The threshold is relative to the run's own norms, so AutoClip cuts a
@@ -113,20 +115,15 @@ class AutoClip(ClipStrategy):
         self._history: keras.Variable | None = None
         self._count: keras.Variable | None = None
 
-    def build(self, variables: Sequence[keras.Variable]) -> None:
+    def build(self, variables: Sequence[Any]) -> None:
         """Creates the norm history (ring buffer) and the step counter."""
         if not self.built:
-            self._history = state_variable([0.0] * self.history_size, "float32", "autoclip_history")
-            self._count = state_variable(0, "int64", "autoclip_count")
+            self._history = self.add_state("history", [0.0] * self.history_size, "float32")
+            self._count = self.add_state("count", 0, "int64")
         super().build(variables)
 
-    @property
-    def variables(self) -> list[keras.Variable]:
-        """`[history, count]`: the last norms and how many were recorded."""
-        return [self._history, self._count] if self.built else []
-
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
-        _, pre = l2_norms(grads)
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        _, pre = ops.l2_norms(grads)
         history, count = self._record(pre)
         threshold = ring_percentile(history, count, self.percentile)
         factor = ops.clip_factor(pre, threshold)
@@ -134,11 +131,12 @@ class AutoClip(ClipStrategy):
         return clipped, {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
 
     def _record(self, norm: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Appends a finite norm to the history; returns the new (history, count)."""
+        """Appends a finite, nonzero norm to the history; returns the new (history, count)."""
         history, count = self._history.value, self._count.value
-        finite = tf.math.is_finite(norm)
-        new_history = keep_if(finite, ring_append(history, count, norm), history)
-        new_count = count + tf.cast(finite, tf.int64)
+        # A zero norm (a step with no gradient) would drag a low percentile to 0 and zero the next steps.
+        recorded = tf.math.is_finite(norm) & (norm > 0)
+        new_history = keep_if(recorded, ring_append(history, count, norm), history)
+        new_count = count + tf.cast(recorded, tf.int64)
         self._history.assign(new_history)
         self._count.assign(new_count)
         return new_history, new_count

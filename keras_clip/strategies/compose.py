@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import keras
-import tensorflow as tf
 
 from keras_clip import ops
-from keras_clip.strategies._paths import matches, warn_unmatched
-from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+from keras_clip.strategies._paths import matches, path_of, warn_unmatched
+from keras_clip.strategies.base import ClipStrategy, Stats
 
 
 def _strategy_arg(name: str, value: Any, *, allow_none: bool = False) -> ClipStrategy | None:
@@ -45,7 +44,8 @@ class Chain(ClipStrategy):
 
     Stats: `grad_norm` is the first member's (the gradient as it came in),
     `clipped_grad_norm` the last member's (what the optimizer gets),
-    `threshold` that of the last member that reports one (omitted if none do).
+    `threshold` that of the last member that reports one (omitted if none do),
+    with that member's `norm` and `clipped_norm` when it reports them.
 
     Args:
         *strategies: ClipStrategy. One or more strategies, applied in order;
@@ -78,19 +78,24 @@ class Chain(ClipStrategy):
         super().build(variables)
 
     @property
-    def variables(self) -> list[keras.Variable]:
-        """The members' state variables, in member order."""
-        return [v for s in self.strategies for v in s.variables]
+    def needs_variables(self) -> bool:  # type: ignore[override]
+        """Whether any member reads the variables."""
+        return any(s.needs_variables for s in self.strategies)
 
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+    @property
+    def state(self) -> dict[str, keras.Variable]:
+        """The members' state, keyed `"<position>/<name>"` (e.g. `"1/history"`), in member order."""
+        return {f"{i}/{name}": v for i, s in enumerate(self.strategies) for name, v in s.state.items()}
+
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
         all_stats = []
         for strategy in self.strategies:
             grads, stats = strategy.clip(grads, variables)
             all_stats.append(stats)
-        thresholds = [s["threshold"] for s in all_stats if "threshold" in s]
         result = {"grad_norm": all_stats[0]["grad_norm"], "clipped_grad_norm": all_stats[-1]["clipped_grad_norm"]}
-        if thresholds:
-            result["threshold"] = thresholds[-1]
+        with_threshold = [s for s in all_stats if "threshold" in s]
+        if with_threshold:
+            result.update(threshold_stats(with_threshold[-1]))
         return grads, result
 
     def get_config(self) -> dict[str, Any]:
@@ -118,7 +123,8 @@ class ByVariable(ClipStrategy):
 
     Stats: `grad_norm` and `clipped_grad_norm` are global L2 norms over
     every variable (combined from the groups' own norms, no extra pass);
-    `threshold` is the default's (omitted when it reports none).
+    `threshold` is the default's (omitted when it reports none), with its
+    `norm` and `clipped_norm` when it reports them.
 
     Args:
         rules: Dict mapping str to ClipStrategy or None. Variable-path
@@ -141,6 +147,8 @@ class ByVariable(ClipStrategy):
         Recognition Without Normalization](https://arxiv.org/abs/2102.06171),
         2021 (clipping rules that differ per layer).
     """
+
+    needs_variables = True  # It routes by variable path.
 
     def __init__(self, rules: Mapping[str, ClipStrategy | None], default: ClipStrategy | None = None) -> None:
         super().__init__()
@@ -169,36 +177,37 @@ class ByVariable(ClipStrategy):
             warn_unmatched(type(self).__name__, list(self.rules), variables)
             for i, strategy in enumerate(self._members):
                 if strategy is not None and not strategy.built:
-                    strategy.build([v for v in variables if self._group(v.path) == i])
+                    strategy.build([v for v in variables if self._group(path_of(v)) == i])
         super().build(variables)
 
     @property
-    def variables(self) -> list[keras.Variable]:
-        """The strategies' state variables: rules in order, then the default."""
-        return [v for s in self._members if s is not None for v in s.variables]
+    def state(self) -> dict[str, keras.Variable]:
+        """The strategies' state, keyed `"<pattern>/<name>"` or `"default/<name>"`: rules in order, then the default."""
+        keys = [*self.rules, "default"]
+        return {f"{k}/{name}": v for k, s in zip(keys, self._members) if s is not None for name, v in s.state.items()}
 
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
         groups: list[list[int]] = [[] for _ in self._members]
         for position, variable in enumerate(variables):
-            groups[self._group(variable.path)].append(position)
-        clipped, pre_squares, post_squares = list(grads), [], []
+            groups[self._group(path_of(variable))].append(position)
+        clipped, pre_norms, post_norms = list(grads), [], []
         stats: Stats = {}
         for strategy, positions in zip(self._members, groups):
             if not positions:
                 continue  # No gradient in this group: its state sees no step.
             if strategy is None:
-                squares, _ = l2_norms([grads[i] for i in positions])
-                pre_squares += squares
-                post_squares += squares
+                norms, _ = ops.l2_norms([grads[i] for i in positions])
+                pre_norms += norms
+                post_norms += norms
                 continue
             out, stats = strategy.clip([grads[i] for i in positions], [variables[i] for i in positions])
             for i, g in zip(positions, out):
                 clipped[i] = g
-            pre_squares.append(tf.square(stats["grad_norm"]))
-            post_squares.append(tf.square(stats["clipped_grad_norm"]))
-        result = {"grad_norm": _root_sum(pre_squares), "clipped_grad_norm": _root_sum(post_squares)}
+            pre_norms.append(stats["grad_norm"])
+            post_norms.append(stats["clipped_grad_norm"])
+        result = {"grad_norm": ops.combine_norms(pre_norms), "clipped_grad_norm": ops.combine_norms(post_norms)}
         if self.default is not None and groups[-1] and "threshold" in stats:
-            result["threshold"] = stats["threshold"]
+            result.update(threshold_stats(stats))
         return clipped, result
 
     def get_config(self) -> dict[str, Any]:
@@ -213,5 +222,6 @@ class ByVariable(ClipStrategy):
         return f"ByVariable({self.rules!r}, default={self.default!r})"
 
 
-def _root_sum(squares: list[tf.Tensor]) -> tf.Tensor:
-    return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0)
+def threshold_stats(stats: Stats) -> Stats:
+    """A member's `threshold`, with the norms in the threshold's own norm when it reports them."""
+    return {k: stats[k] for k in ("threshold", "norm", "clipped_norm") if k in stats}

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
-from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+from keras_clip.strategies.base import ClipStrategy, Stats
 
 
 def _norm_type_config(norm_type: float) -> int | str:
@@ -46,10 +46,10 @@ class ClipByValue(ClipStrategy):
         super().__init__()
         self.clip_value = _validation.positive_finite("clip_value", clip_value)
 
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
-        _, pre = l2_norms(grads)
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        _, pre = ops.l2_norms(grads)
         clipped = [ops.clip_values(g, self.clip_value) for g in grads]
-        _, post = l2_norms(clipped)
+        _, post = ops.l2_norms(clipped)
         # A bound on entries, not on a norm: named apart from `threshold` (logged as `clipping/value_threshold`).
         return clipped, {"grad_norm": pre, "clipped_grad_norm": post, "value_threshold": tf.constant(self.clip_value)}
 
@@ -77,9 +77,12 @@ class ClipByNorm(_NormBound):
     `g * max_norm / n` when `n > max_norm`, else `g`. This is the optimizer's
     `clipnorm` in Keras, applied after gradients are aggregated.
 
-    Stats: `grad_norm`, `clipped_grad_norm` (global L2 norms) and
+    Stats: `grad_norm`, `clipped_grad_norm` (global L2 norms),
     `variable_threshold` (`max_norm`, the bound on each variable's norm;
-    logged as `grad_norm_by_variable/threshold`, beside the per-variable norms).
+    logged as `grad_norm_by_variable/threshold`, beside the per-variable
+    norms), and `variable_norm`, `clipped_variable_norm` (the largest
+    variable's norm before and after clipping, in `norm_type`, the norm the
+    threshold bounds).
 
     Args:
         max_norm: Float. Positive finite bound on each gradient's norm.
@@ -96,19 +99,27 @@ class ClipByNorm(_NormBound):
         neural networks](https://arxiv.org/abs/1211.5063), 2013.
     """
 
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
-        squares, pre = l2_norms(grads)
-        if self.norm_type == 2.0:
-            norms = [tf.sqrt(s) for s in squares]
-        else:
-            norms = [ops.norm(g, self.norm_type) for g in grads]
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        l2, pre = ops.l2_norms(grads)
+        norms = l2 if self.norm_type == 2.0 else [ops.norm(g, self.norm_type) for g in grads]
         factors = [ops.clip_factor(n, self.max_norm) for n in norms]
         clipped = [ops.scale(g, f) for g, f in zip(grads, factors)]
-        # Derived, not measured again: ||f g||^2 = f^2 ||g||^2.
-        post = tf.sqrt(tf.add_n([s * tf.square(f) for s, f in zip(squares, factors)])) if grads else pre
+        # Derived, not measured again: ||f g|| = f ||g||.
+        post = ops.combine_norms([n * f for n, f in zip(l2, factors)]) if grads else pre
         # Its threshold bounds each variable's norm, not the global norm: named apart so the
-        # logger does not draw it on the global-norm chart.
-        return clipped, {"grad_norm": pre, "clipped_grad_norm": post, "variable_threshold": tf.constant(self.max_norm)}
+        # logger draws it beside the largest per-variable norms, in the same norm.
+        stats = {
+            "grad_norm": pre,
+            "clipped_grad_norm": post,
+            "variable_threshold": tf.constant(self.max_norm),
+            "variable_norm": _largest(norms),
+            "clipped_variable_norm": _largest([n * f for n, f in zip(norms, factors)]),
+        }
+        return clipped, stats
+
+
+def _largest(norms: list[tf.Tensor]) -> tf.Tensor:
+    return tf.reduce_max(tf.stack(norms)) if norms else tf.constant(0.0)
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -118,7 +129,12 @@ class ClipByGlobalNorm(_NormBound):
     With `n` the norm of all gradients concatenated into one vector, every
     gradient is multiplied by `max_norm / n` when `n > max_norm`. The update's
     direction is kept exactly; only its length is bounded. The recommended
-    default: the seed experiment converges best with it (DESIGN.md §2).
+    default: the seed experiment converges best with it.
+
+    Stats: `grad_norm`, `clipped_grad_norm` (global L2 norms), `threshold`
+    (`max_norm`); with `norm_type` 1 or `"inf"` also `norm` and
+    `clipped_norm`, the global norm before and after in that norm (the one
+    the threshold bounds; TensorBoard draws them with the threshold).
 
     Args:
         max_norm: Float. Positive finite bound on the global norm.
@@ -135,18 +151,16 @@ class ClipByGlobalNorm(_NormBound):
         neural networks](https://arxiv.org/abs/1211.5063), 2013.
     """
 
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
-        _, pre = l2_norms(grads)
-        measured = (
-            pre
-            if self.norm_type == 2.0
-            else ops.combine_norms([ops.norm(g, self.norm_type) for g in grads], self.norm_type)
-        )
-        factor = ops.clip_factor(measured, self.max_norm)
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        _, pre = ops.l2_norms(grads)
+        if self.norm_type == 2.0:
+            factor = ops.clip_factor(pre, self.max_norm)
+            stats = {}
+        else:
+            measured = ops.combine_norms([ops.norm(g, self.norm_type) for g in grads], self.norm_type)
+            factor = ops.clip_factor(measured, self.max_norm)
+            # The norm the threshold bounds, so the chart of the threshold compares like with like.
+            stats = {"norm": measured, "clipped_norm": measured * factor}
         clipped = [ops.scale(g, factor) for g in grads]
-        stats = {
-            "grad_norm": pre,
-            "clipped_grad_norm": pre * factor,
-            "threshold": tf.constant(self.max_norm),
-        }
+        stats.update({"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": tf.constant(self.max_norm)})
         return clipped, stats

@@ -27,6 +27,11 @@ def register_name(name: str, factory: Callable[[], ClipStrategy], *, short: bool
     (_SHORT_NAMES if short else _CLASS_NAMES)[name] = factory
 
 
+def registered_names(short: bool = False) -> list[str]:
+    """The names `get` accepts: class names (default) or short names, sorted."""
+    return sorted(_SHORT_NAMES if short else _CLASS_NAMES)
+
+
 def get(identifier: Any) -> ClipStrategy | None:
     """Returns a clipping strategy from an identifier.
 
@@ -56,17 +61,13 @@ def get(identifier: Any) -> ClipStrategy | None:
         if factory is None:
             valid = sorted(_SHORT_NAMES) + sorted(_CLASS_NAMES)
             raise ValueError(
-                f"Unknown clipping strategy name. Valid names are {valid}. "
-                f"Received: clipping={identifier!r}"
+                f"Unknown clipping strategy name. Valid names are {valid}. Received: clipping={identifier!r}"
             )
         return factory()
     if isinstance(identifier, dict):
         strategy = keras.saving.deserialize_keras_object(identifier)
         if not isinstance(strategy, ClipStrategy):
-            raise ValueError(
-                "A clipping dict must describe a keras_clip strategy. "
-                f"Received: clipping={identifier!r}"
-            )
+            raise ValueError(f"A clipping dict must describe a keras_clip strategy. Received: clipping={identifier!r}")
         return strategy
     raise TypeError(
         "`clipping` must be None, a keras_clip strategy, a name or a serialized dict. "

@@ -10,8 +10,7 @@ import tensorflow as tf
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
-from keras_clip.strategies._state import keep_if, state_variable
-from keras_clip.strategies.base import ClipStrategy, Stats, l2_norms
+from keras_clip.strategies.base import ClipStrategy, Stats, keep_if
 
 
 def welford_update(count: tf.Tensor, mean: tf.Tensor, var: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -76,7 +75,7 @@ class ZClip(ClipStrategy):
     (the reference divides by `n + 1e-6`).
 
     State: an int64 step counter, the mean and the variance, in Keras
-    variables (saved, checkpointed and restored with the model). A
+    variables (`state["count"]`, `state["mean"]`, `state["var"]`) (saved, checkpointed and restored with the model). A
     non-finite norm changes no state.
 
     Stats: `grad_norm`, `clipped_grad_norm`, `threshold` (the largest norm
@@ -123,21 +122,16 @@ class ZClip(ClipStrategy):
         self._mean: keras.Variable | None = None
         self._var: keras.Variable | None = None
 
-    def build(self, variables: Sequence[keras.Variable]) -> None:
+    def build(self, variables: Sequence[Any]) -> None:
         """Creates the step counter and the mean and variance of the norm."""
         if not self.built:
-            self._count = state_variable(0, "int64", "zclip_count")
-            self._mean = state_variable(0.0, "float32", "zclip_mean")
-            self._var = state_variable(0.0, "float32", "zclip_var")
+            self._count = self.add_state("count", 0, "int64")
+            self._mean = self.add_state("mean", 0.0, "float32")
+            self._var = self.add_state("var", 0.0, "float32")
         super().build(variables)
 
-    @property
-    def variables(self) -> list[keras.Variable]:
-        """`[count, mean, var]`: norms seen, and their mean and variance."""
-        return [self._count, self._mean, self._var] if self.built else []
-
-    def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
-        _, pre = l2_norms(grads)
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        _, pre = ops.l2_norms(grads)
         count, mean, var = self._count.value, self._mean.value, self._var.value
         past_warmup = count >= self.warmup_steps
         spike, spike_threshold, bound = zscore_threshold(pre, mean, var, self.z_threshold, self.eps)
