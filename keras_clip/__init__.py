@@ -29,11 +29,11 @@ from keras_clip.strategies import (
 )
 from keras_clip.training import (
     NONFINITE_POLICIES,
-    ClipReport,
     ClippingMixin,
     ClippingModel,
     ClippingOptimizer,
     ClippingSequential,
+    ClipReport,
     NonFiniteGradientError,
 )
 

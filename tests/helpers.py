@@ -1,5 +1,7 @@
 """Small model builders shared by the tests."""
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -62,3 +64,19 @@ def clip_norm_sequence(strategy, norms, jit: bool, seed: int = 0) -> np.ndarray:
         for g, c in zip(grads, clipped):
             np.testing.assert_allclose(c.numpy(), g.numpy() * ratio, rtol=1e-4, atol=1e-6)
     return np.array(rows)
+
+
+def read_run(log_dir):
+    """Every tensor event under `<log_dir>/train`, by tag: [(step, value)]."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    accumulator = plugin_event_accumulator.EventAccumulator(
+        os.path.join(log_dir, "train"), size_guidance={"tensors": 0}
+    )
+    accumulator.Reload()
+    return {tag: accumulator.Tensors(tag) for tag in accumulator.Tags()["tensors"]}
+
+
+def scalars(events, tag):
+    """One tag's events as `[(step, value)]`."""
+    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events[tag]]

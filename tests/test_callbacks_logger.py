@@ -2,7 +2,6 @@
 
 import gc
 import math
-import os
 import re
 import weakref
 
@@ -10,13 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 import keras_clip as kc
 from keras_clip.callbacks import layout
 from keras_clip.training.recorder import StepRecorder
-from tests.helpers import seed_model
+from tests.helpers import read_run, scalars, seed_model
 
 STEPS_PER_EPOCH = 8  # 1000 samples, batch 128
 OUR_SCALARS = {
@@ -28,19 +26,6 @@ OUR_SCALARS = {
     "clipping/nonfinite_steps",
 }
 PATHS = ["hidden/kernel", "hidden/bias", "out/kernel", "out/bias"]
-
-
-def read_run(log_dir):
-    """Every tensor event under `<log_dir>/train`, by tag: [(step, value)]."""
-    accumulator = plugin_event_accumulator.EventAccumulator(
-        os.path.join(log_dir, "train"), size_guidance={"tensors": 0}
-    )
-    accumulator.Reload()
-    return {tag: accumulator.Tensors(tag) for tag in accumulator.Tags()["tensors"]}
-
-
-def scalars(events, tag):
-    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events[tag]]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,10 @@
 """ClippingOptimizer: the clip site every training step ends in (fit, custom steps, tape loops)."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -7,8 +12,7 @@ import tensorflow as tf
 
 import keras_clip as kc
 from keras_clip.callbacks.layout import POST_CLIP, PRE_CLIP
-from tests.callback_helpers import read_run, scalars
-from tests.helpers import mlp, sgd
+from tests.helpers import mlp, read_run, scalars, sgd
 
 
 def _data(n=64, features=4, seed=0):
@@ -81,7 +85,7 @@ def test_report_is_a_typed_record_that_merges_into_logs():
     assert set(report.logs("d_")) == {"d_grad_norm", "d_clipped_grad_norm", "d_nonfinite_steps"}
 
 
-class _OwnStep(kc.ClippingMixin, keras.Model):
+class OwnStep(kc.ClippingMixin, keras.Model):
     """A model whose own train_step updates through `self.optimizer` (the Keras guide's shape)."""
 
     def __init__(self):
@@ -101,14 +105,14 @@ class _OwnStep(kc.ClippingMixin, keras.Model):
 
 def test_a_custom_train_step_is_clipped_and_logged():
     x, y = _data()
-    model = _OwnStep()
+    model = OwnStep()
     model.compile(optimizer=sgd(), clipping=kc.ClipByGlobalNorm(1e-3))
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
     assert history["grad_norm"][-1] > 1e-3
     assert history["clipped_grad_norm"][-1] == pytest.approx(1e-3, rel=1e-5)
 
 
-class _Bypass(_OwnStep):
+class Bypass(OwnStep):
     def compile(self, **kwargs):
         super().compile(**kwargs)
         self.other = keras.optimizers.SGD(0.01)
@@ -123,13 +127,13 @@ class _Bypass(_OwnStep):
 
 def test_a_step_that_bypasses_the_clipping_optimizer_warns_once():
     x, y = _data()
-    model = _Bypass()
+    model = Bypass()
     model.compile(optimizer="sgd", clipping=kc.ClipByGlobalNorm(1.0))
     with pytest.warns(UserWarning, match=r"never handed gradients to `self.optimizer.apply"):
         model.fit(x, y, batch_size=16, epochs=2, verbose=0)
 
 
-class _GAN(keras.Model):
+class TinyGAN(keras.Model):
     """Two optimizers, each a ClippingOptimizer with its own strategy (the DCGAN example's shape)."""
 
     def __init__(self):
@@ -147,12 +151,13 @@ class _GAN(keras.Model):
         with tf.GradientTape() as tape:
             fake = self.generator(noise)
             logits = self.discriminator(keras.ops.concatenate([fake, real]))
-            labels = keras.ops.concatenate([keras.ops.ones_like(logits[: tf.shape(real)[0]]), keras.ops.zeros_like(logits[: tf.shape(real)[0]])])
-            d_loss = self.bce(labels, logits)
+            half = logits[: tf.shape(real)[0]]
+            d_loss = self.bce(keras.ops.concatenate([keras.ops.ones_like(half), keras.ops.zeros_like(half)]), logits)
         weights = self.discriminator.trainable_variables
         self.d_optimizer.apply(tape.gradient(d_loss, weights), weights)
         with tf.GradientTape() as tape:
-            g_loss = self.bce(keras.ops.zeros_like(logits[:1]), self.discriminator(self.generator(noise)))
+            judged = self.discriminator(self.generator(noise))
+            g_loss = self.bce(keras.ops.zeros_like(judged), judged)
         weights = self.generator.trainable_variables
         self.g_optimizer.apply(tape.gradient(g_loss, weights), weights)
         return {"d_loss": d_loss, "g_loss": g_loss}
@@ -160,7 +165,7 @@ class _GAN(keras.Model):
 
 def test_a_gan_with_two_clipping_optimizers_is_clipped_and_logged(tmp_path):
     real = _data(n=64)[0] * 10
-    gan = _GAN()
+    gan = TinyGAN()
     gan.compile(
         d_optimizer=kc.ClippingOptimizer(keras.optimizers.Adam(1e-3), kc.ClipByGlobalNorm(1e-3)),
         g_optimizer=kc.ClippingOptimizer(keras.optimizers.Adam(1e-3), kc.ClipByValue(1e-4)),
@@ -224,3 +229,15 @@ def test_a_loss_scale_optimizer_around_it_gives_unscaled_norms():
     report = optimizer.inner_optimizer.report()
     assert 0.5 < float(report.grad_norm) < 1e3  # not multiplied by the 32768 loss scale
     assert float(report.clipped_grad_norm) == pytest.approx(0.5, rel=1e-3)
+
+
+def test_a_tape_loop_under_mirrored_strategy_equals_one_device():
+    script = Path(__file__).parent / "distributed" / "tape_loop_run.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, run.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["single"][0] > 1.0  # the clip is exercised
+    assert result["max_abs_diff"] < 1e-5, result
+    assert result["mirrored"] == pytest.approx(result["single"], rel=1e-5)
+    assert result["all_reduce_calls"] == [4, 4]  # one all-reduce per replica's step, all 4 gradients

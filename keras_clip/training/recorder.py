@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-import weakref
 from typing import Any, Callable, Sequence
 
 import keras
