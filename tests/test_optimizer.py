@@ -231,13 +231,29 @@ def test_a_loss_scale_optimizer_around_it_gives_unscaled_norms():
     assert float(report.clipped_grad_norm) == pytest.approx(0.5, rel=1e-3)
 
 
-def test_a_tape_loop_under_mirrored_strategy_equals_one_device():
+@pytest.fixture(scope="module")
+def tape_loops():
     script = Path(__file__).parent / "distributed" / "tape_loop_run.py"
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def test_a_tape_loop_under_mirrored_strategy_equals_one_device(tape_loops):
+    result = tape_loops["plain"]
     assert result["single"][0] > 1.0  # the clip is exercised
     assert result["max_abs_diff"] < 1e-5, result
     assert result["mirrored"] == pytest.approx(result["single"], rel=1e-5)
     assert result["all_reduce_calls"] == [4, 4]  # one all-reduce per replica's step, all 4 gradients
+
+
+def test_an_overflow_on_one_replica_skips_the_update_on_both(tape_loops):
+    """A LossScaleOptimizer inside, mixed_float16: replica 1 alone overflows in the second step."""
+    result = tape_loops["scaled"]
+    _, clipped, nonfinite, scale, iterations = result["mirrored"]
+    assert nonfinite >= 1 and clipped == pytest.approx(1.0, rel=1e-3)
+    assert (scale, iterations) == (2.0**10 / 2**nonfinite, 4 - nonfinite)  # each overflow: one skip, scale halved
+    assert result["mirrored"][2:] == result["single"][2:]  # the same steps skipped as on one device
+    assert result["max_abs_diff"] < 1e-3, result  # float16 weights
+    assert result["all_reduce_calls"] == [4, 4]

@@ -129,11 +129,14 @@ def _apply_loss_scaled(optimizer: keras.optimizers.LossScaleOptimizer, grads: li
         optimizer.step_counter.assign(0)
         optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 2.0)
 
+    def increment() -> None:
+        optimizer.step_counter.assign_add(1)
+
     def finite_update() -> None:
         factor = 1.0 / tf.convert_to_tensor(optimizer.dynamic_scale, tf.float32)
         apply_reduced(optimizer.inner_optimizer, [ops.scale(g, factor) for g in grads], variables)
         grow = keras.ops.equal(optimizer.step_counter, optimizer.dynamic_growth_steps - 1)
-        keras.ops.cond(grow, upscale, lambda: optimizer.step_counter.assign_add(1))
+        keras.ops.cond(grow, upscale, increment)
 
     run_if(finite, finite_update)
     run_if(tf.logical_not(finite), optimizer._stateful_handle_non_finite_grads)
