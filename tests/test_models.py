@@ -186,3 +186,19 @@ def test_other_backends_get_a_clear_error(monkeypatch):
         importlib.reload(keras_clip.training)
     monkeypatch.undo()
     importlib.reload(keras_clip.training)
+
+
+def test_functional_and_subclassed_clipping_models_in_one_process_in_either_order(small_data):
+    class Net(kc.ClippingModel):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+    for build in ("subclassed", "functional", "subclassed"):
+        model = Net() if build == "subclassed" else mlp()
+        history = _fit(model, small_data, clipping=kc.ClipByGlobalNorm(0.1))
+        assert history["clipped_grad_norm"][-1] <= 0.1 + 1e-6, build
+    assert kc.ClippingModel.__bases__ == (kc.ClippingMixin, keras.Model)  # never rewritten by Keras

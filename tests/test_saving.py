@@ -15,7 +15,7 @@ LOAD_AND_TRAIN = textwrap.dedent(
     import sys, numpy as np, keras
     import keras_clip as kc
     model = keras.models.load_model(sys.argv[1])
-    assert type(model) is kc.ClippingModel, type(model)
+    assert isinstance(model, kc.ClippingModel) and type(model).__name__ == "ClippingModel", type(model)
     assert model.clipping.get_config() == {"max_norm": 0.5, "norm_type": "inf"}, model.clipping
     assert model.on_nonfinite == "zero"
     assert int(model.optimizer.iterations.numpy()) == 4
