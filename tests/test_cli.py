@@ -129,6 +129,7 @@ def _console_script(tmp_path: Path) -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """`keras-clip demo` as the README runs it: its own first line, no backend logs, the README's outcomes."""
     logdir = tmp_path / "demo"
@@ -160,6 +161,7 @@ def test_demo_end_to_end(tmp_path):
     assert _valid_png(logdir / "demo.png")[0] > 800
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 def test_python_m_hides_backend_logs_unless_verbose(tmp_path, verbose):
     argv = ["lr-sweep", "--logdir", str(tmp_path), "--epochs", "1", "--lrs", "0.1", "--max-norms", "1"]
@@ -231,6 +233,7 @@ def test_configure_sets_levels_for_the_command(monkeypatch, flag, env, level):
             logger.setLevel(value)
 
 
+@pytest.mark.slow
 def test_lr_sweep_small(tmp_path, capsys):
     logdir = tmp_path / "sweep"
     argv = ["lr-sweep", "--logdir", str(logdir), "--epochs", "3", "--lrs", "0.3,0.001", "--max-norms", "1"]

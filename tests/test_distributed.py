@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocess: MirroredStrategy on 2 logical CPUs
+
 SCRIPT = Path(__file__).parent / "distributed" / "mirrored_run.py"
 OURS = ["ClipByGlobalNorm", "ClipByNorm", "ClipByValue", "ClipByGlobalNorm_inf", "skip_poisoned"]
 OURS += ["AutoClip", "ZClip", "AdaptiveGradClip"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every snippet in a fresh process
+
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 SNIPPETS = FENCE.findall(PAGE.read_text())

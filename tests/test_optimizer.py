@@ -240,6 +240,7 @@ def tape_loops():
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+@pytest.mark.slow
 def test_a_tape_loop_under_mirrored_strategy_equals_one_device(tape_loops):
     result = tape_loops["plain"]
     assert result["single"][0] > 1.0  # the clip is exercised
@@ -248,6 +249,7 @@ def test_a_tape_loop_under_mirrored_strategy_equals_one_device(tape_loops):
     assert result["all_reduce_calls"] == [4, 4]  # one all-reduce per replica's step, all 4 gradients
 
 
+@pytest.mark.slow
 def test_an_overflow_on_one_replica_skips_the_update_on_both(tape_loops):
     """A LossScaleOptimizer inside, mixed_float16: replica 1 alone overflows in the second step."""
     result = tape_loops["scaled"]

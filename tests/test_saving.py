@@ -6,6 +6,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 
 import keras_clip as kc
 from tests.helpers import mlp
@@ -26,6 +27,7 @@ LOAD_AND_TRAIN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_save_then_load_in_a_fresh_process_restores_clipping_and_trains_on(tmp_path, small_data):
     x, y = small_data
     model = mlp()

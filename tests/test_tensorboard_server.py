@@ -15,6 +15,8 @@ import pytest
 
 import keras_clip as kc
 
+pytestmark = pytest.mark.slow  # a TensorBoard server process
+
 STARTUP_TIMEOUT = 90.0  # seconds; the machine is shared
 
 
