@@ -14,14 +14,17 @@ model.fit(x, y)   # logs grad_norm, clipped_grad_norm, nonfinite_steps
 from keras_clip import ops
 from keras_clip.callbacks import GradientNormLogger, GradientSpikeMonitor
 from keras_clip.strategies import (
+    AdaGC,
     AdaptiveGradClip,
     AutoClip,
     ByVariable,
     Chain,
+    ClipByBlockRMS,
     ClipByGlobalNorm,
     ClipByNorm,
     ClipByValue,
     ClipStrategy,
+    SkipSpikes,
     ZClip,
     get,
 )
@@ -37,10 +40,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NONFINITE_POLICIES",
+    "AdaGC",
     "AdaptiveGradClip",
     "AutoClip",
     "ByVariable",
     "Chain",
+    "ClipByBlockRMS",
     "ClipByGlobalNorm",
     "ClipByNorm",
     "ClipByValue",
@@ -51,6 +56,7 @@ __all__ = [
     "GradientNormLogger",
     "GradientSpikeMonitor",
     "NonFiniteGradientError",
+    "SkipSpikes",
     "ZClip",
     "get",
     "ops",

@@ -18,6 +18,7 @@ THRESHOLD = "grad_norm/threshold"
 CLIP_FACTOR = "clipping/factor"
 CLIPPED = "clipping/clipped"
 NONFINITE_STEPS = "clipping/nonfinite_steps"
+SKIPPED_STEPS = "clipping/skipped_steps"
 SPIKE = "grad_norm/spike"
 PER_VARIABLE_PREFIX = "grad_norm_by_variable/"
 VARIABLE_THRESHOLD = PER_VARIABLE_PREFIX + "threshold"
@@ -30,6 +31,7 @@ _STAT_TAGS = {
     "threshold": THRESHOLD,
     "variable_threshold": VARIABLE_THRESHOLD,
     "nonfinite_steps": NONFINITE_STEPS,
+    "skipped_steps": SKIPPED_STEPS,
 }
 
 
@@ -76,8 +78,8 @@ def layout() -> layout_pb2.Layout:
         multiline=layout_pb2.MultilineChartContent(tag=[f"^{CLIP_FACTOR}$", f"^{CLIPPED}$"]),
     )
     nonfinite = layout_pb2.Chart(
-        title="Non-finite steps (total)",
-        multiline=layout_pb2.MultilineChartContent(tag=[f"^{NONFINITE_STEPS}$"]),
+        title="Steps not applied (total): non-finite, skipped",
+        multiline=layout_pb2.MultilineChartContent(tag=[f"^{NONFINITE_STEPS}$", f"^{SKIPPED_STEPS}$"]),
     )
     category = layout_pb2.Category(title="Gradient clipping", chart=[norms, factor, nonfinite])
     return layout_pb2.Layout(category=[category])

@@ -45,7 +45,10 @@ class Chain(ClipStrategy):
 
     Stats: `grad_norm` is the first member's (the gradient as it came in),
     `clipped_grad_norm` the last member's (what the optimizer gets),
-    `threshold` that of the last member that reports one (omitted if none do).
+    `threshold` that of the last member that reports one (omitted if none do),
+    `skip` when a member reports one: True when any member's is (the model
+    then does not apply the update; members after a skipping one still see
+    the step).
 
     Args:
         *strategies: ClipStrategy. One or more strategies, applied in order;
@@ -91,6 +94,9 @@ class Chain(ClipStrategy):
         result = {"grad_norm": all_stats[0]["grad_norm"], "clipped_grad_norm": all_stats[-1]["clipped_grad_norm"]}
         if thresholds:
             result["threshold"] = thresholds[-1]
+        skips = [s["skip"] for s in all_stats if "skip" in s]
+        if skips:
+            result["skip"] = _any(skips)
         return grads, result
 
     def get_config(self) -> dict[str, Any]:
@@ -118,7 +124,8 @@ class ByVariable(ClipStrategy):
 
     Stats: `grad_norm` and `clipped_grad_norm` are global L2 norms over
     every variable (combined from the groups' own norms, no extra pass);
-    `threshold` is the default's (omitted when it reports none).
+    `threshold` is the default's (omitted when it reports none); `skip`,
+    when a strategy reports one, is True when any group's is.
 
     Args:
         rules: Dict mapping str to ClipStrategy or None. Variable-path
@@ -181,7 +188,7 @@ class ByVariable(ClipStrategy):
         groups: list[list[int]] = [[] for _ in self._members]
         for position, variable in enumerate(variables):
             groups[self._group(variable.path)].append(position)
-        clipped, pre_squares, post_squares = list(grads), [], []
+        clipped, pre_squares, post_squares, skips = list(grads), [], [], []
         stats: Stats = {}
         for strategy, positions in zip(self._members, groups):
             if not positions:
@@ -194,11 +201,15 @@ class ByVariable(ClipStrategy):
             out, stats = strategy.clip([grads[i] for i in positions], [variables[i] for i in positions])
             for i, g in zip(positions, out):
                 clipped[i] = g
+            if "skip" in stats:
+                skips.append(stats["skip"])
             pre_squares.append(tf.square(stats["grad_norm"]))
             post_squares.append(tf.square(stats["clipped_grad_norm"]))
         result = {"grad_norm": _root_sum(pre_squares), "clipped_grad_norm": _root_sum(post_squares)}
         if self.default is not None and groups[-1] and "threshold" in stats:
             result["threshold"] = stats["threshold"]
+        if skips:
+            result["skip"] = _any(skips)
         return clipped, result
 
     def get_config(self) -> dict[str, Any]:
@@ -211,6 +222,11 @@ class ByVariable(ClipStrategy):
 
     def __repr__(self) -> str:
         return f"ByVariable({self.rules!r}, default={self.default!r})"
+
+
+def _any(flags: list[tf.Tensor]) -> tf.Tensor:
+    """A skip from any member skips the update."""
+    return tf.reduce_any(tf.stack(flags))
 
 
 def _root_sum(squares: list[tf.Tensor]) -> tf.Tensor:

@@ -34,7 +34,9 @@ class ClippingMixin:
     strategy (through the overridable `clip_gradients` hook) and hands it to
     the optimizer. It adds three entries to the logs and `History`:
     `grad_norm` (global L2 norm before clipping), `clipped_grad_norm` (after)
-    and `nonfinite_steps` (non-finite steps met so far).
+    and `nonfinite_steps` (non-finite steps met so far); with a strategy
+    that can skip an update (its `skip` stat, e.g. `SkipSpikes`), also
+    `skipped_steps` (finite steps not applied so far).
 
     Example:
 
@@ -199,19 +201,28 @@ class ClippingMixin:
                 finite = tf.math.is_finite(stats["grad_norm"])
         counter = self._clip_state.nonfinite_steps
         counter.assign_add(tf.where(finite, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
-        self._apply(update.rescale(clipped, scale, divide=False), variables, finite)
+        # A strategy that wants the update not applied reports `skip` (a bool scalar).
+        skip = stats.pop("skip", None) if stats is not None else None
+        counts = {"nonfinite_steps": counter.value}
+        if skip is not None:
+            skipped = self._clip_state.skipped_steps
+            skipped.assign_add(tf.cast(tf.logical_and(finite, skip), tf.int64))
+            counts["skipped_steps"] = skipped.value
+        self._apply(update.rescale(clipped, scale, divide=False), variables, finite, skip)
         if stats is None:
             stats = self._clip_state.update_stats()
         recorder = getattr(self, "_step_recorder", None)
         if recorder is not None:
-            recorder.record({**stats, "nonfinite_steps": counter.value}, grads, variables)
+            recorder.record({**stats, **counts}, grads, variables)
         return {
             "grad_norm": stats["grad_norm"],
             "clipped_grad_norm": stats["clipped_grad_norm"],
-            "nonfinite_steps": tf.identity(counter.value),
+            **{name: tf.identity(value) for name, value in counts.items()},
         }
 
-    def _apply(self, grads: list[Any], variables: list[keras.Variable], finite: tf.Tensor) -> None:
+    def _apply(
+        self, grads: list[Any], variables: list[keras.Variable], finite: tf.Tensor, skip: tf.Tensor | None = None
+    ) -> None:
         # Variables without a gradient (unused in the loss) are left out.
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
@@ -221,9 +232,13 @@ class ClippingMixin:
         with update.apply_as_given(optimizer):
             if isinstance(optimizer, update.LossScaleOptimizer) or self.on_nonfinite in ("zero", "propagate"):
                 # A LossScaleOptimizer skips non-finite steps and halves its scale itself.
-                optimizer.apply(grads, variables)
+                if skip is None:
+                    optimizer.apply(grads, variables)
+                else:
+                    update.run_if(tf.logical_not(skip), lambda g: optimizer.apply(g, variables), args=(grads,))
             else:
-                update.run_if(finite, lambda g: optimizer.apply(g, variables), args=(grads,))
+                gate = finite if skip is None else tf.logical_and(finite, tf.logical_not(skip))
+                update.run_if(gate, lambda g: optimizer.apply(g, variables), args=(grads,))
 
     def clip_gradients(
         self, grads: Sequence[ops.Gradient | None], variables: Sequence[keras.Variable]

@@ -29,6 +29,10 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
         self.nonfinite_steps = keras.Variable(
             0, dtype="int64", trainable=False, aggregation="only_first_replica", name="nonfinite_steps"
         )
+        # Finite steps a strategy asked not to apply (its `skip` stat).
+        self.skipped_steps = keras.Variable(
+            0, dtype="int64", trainable=False, aggregation="only_first_replica", name="skipped_steps"
+        )
         # The norms of the last real update, for optimizers that accumulate gradients.
         self.update_grad_norm = keras.Variable(
             0.0, dtype="float32", trainable=False, aggregation="only_first_replica", name="update_grad_norm"
@@ -71,7 +75,13 @@ class ClipState(tf.__internal__.tracking.AutoTrackable, KerasSaveable):
     @property
     def variables(self) -> list[keras.Variable]:
         """Every variable held: the counters, then the strategy's state."""
-        return [self.nonfinite_steps, self.update_grad_norm, self.update_clipped_grad_norm, *self.strategy_variables]
+        return [
+            self.nonfinite_steps,
+            self.update_grad_norm,
+            self.update_clipped_grad_norm,
+            self.skipped_steps,
+            *self.strategy_variables,
+        ]
 
     def _obj_type(self) -> str:
         # Keras saving only walks the kinds it knows; state is saved like a metric's.
