@@ -199,6 +199,21 @@ def test_chain_skips_when_any_member_does():
     assert bool(stats["skip"])
 
 
+def test_a_skip_in_a_chain_leaves_every_members_state_as_it_was():
+    variables, direction = unit_direction()
+    chain = kc.Chain(kc.AutoClip(100.0, history_size=8), SkipSpikes(3.0, 8, 3), kc.AdaGC(warmup_steps=2))
+    step = tf.function(lambda g: chain.clip(g, variables), jit_compile=True)
+    for n in [1.0, 1.1, 0.9, 1.0]:
+        step([d * n for d in direction])
+    before = [v.numpy() for v in chain.variables]
+    _, stats = step([d * 100.0 for d in direction])
+    assert bool(stats["skip"])
+    for a, b in zip(before, chain.variables):
+        np.testing.assert_array_equal(a, b.numpy(), err_msg=b.path)
+    _, stats = step([d * 1.05 for d in direction])
+    assert not bool(stats["skip"]) and int(chain.variables[1].numpy()) == 5  # AutoClip counts the accepted step
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [

@@ -46,9 +46,9 @@ class Chain(ClipStrategy):
     Stats: `grad_norm` is the first member's (the gradient as it came in),
     `clipped_grad_norm` the last member's (what the optimizer gets),
     `threshold` that of the last member that reports one (omitted if none do),
-    `skip` when a member reports one: True when any member's is (the model
-    then does not apply the update; members after a skipping one still see
-    the step).
+    `skip` when a member reports one: True when any member's is; the model
+    then does not apply the update, and every member's state is put back
+    as it was before the step.
 
     Args:
         *strategies: ClipStrategy. One or more strategies, applied in order;
@@ -86,6 +86,7 @@ class Chain(ClipStrategy):
         return [v for s in self.strategies for v in s.variables]
 
     def _clip(self, grads: list[ops.Gradient], variables: list[keras.Variable]) -> tuple[list[ops.Gradient], Stats]:
+        before = _read(self.variables)
         all_stats = []
         for strategy in self.strategies:
             grads, stats = strategy.clip(grads, variables)
@@ -96,7 +97,7 @@ class Chain(ClipStrategy):
             result["threshold"] = thresholds[-1]
         skips = [s["skip"] for s in all_stats if "skip" in s]
         if skips:
-            result["skip"] = _any(skips)
+            result["skip"] = _skip_leaves_no_state(skips, self.variables, before)
         return grads, result
 
     def get_config(self) -> dict[str, Any]:
@@ -125,7 +126,8 @@ class ByVariable(ClipStrategy):
     Stats: `grad_norm` and `clipped_grad_norm` are global L2 norms over
     every variable (combined from the groups' own norms, no extra pass);
     `threshold` is the default's (omitted when it reports none); `skip`,
-    when a strategy reports one, is True when any group's is.
+    when a strategy reports one, is True when any group's is (and then
+    every strategy's state is put back as it was before the step).
 
     Args:
         rules: Dict mapping str to ClipStrategy or None. Variable-path
@@ -189,6 +191,7 @@ class ByVariable(ClipStrategy):
         for position, variable in enumerate(variables):
             groups[self._group(variable.path)].append(position)
         clipped, pre_squares, post_squares, skips = list(grads), [], [], []
+        before = _read(self.variables)
         stats: Stats = {}
         for strategy, positions in zip(self._members, groups):
             if not positions:
@@ -209,7 +212,7 @@ class ByVariable(ClipStrategy):
         if self.default is not None and groups[-1] and "threshold" in stats:
             result["threshold"] = stats["threshold"]
         if skips:
-            result["skip"] = _any(skips)
+            result["skip"] = _skip_leaves_no_state(skips, self.variables, before)
         return clipped, result
 
     def get_config(self) -> dict[str, Any]:
@@ -224,9 +227,23 @@ class ByVariable(ClipStrategy):
         return f"ByVariable({self.rules!r}, default={self.default!r})"
 
 
-def _any(flags: list[tf.Tensor]) -> tf.Tensor:
-    """A skip from any member skips the update."""
-    return tf.reduce_any(tf.stack(flags))
+def _read(variables: list[keras.Variable]) -> list[tf.Tensor]:
+    """The variables' values now (tensors, not the variables themselves)."""
+    return [tf.convert_to_tensor(v.value) for v in variables]
+
+
+def _skip_leaves_no_state(
+    flags: list[tf.Tensor], variables: list[keras.Variable], before: list[tf.Tensor]
+) -> tf.Tensor:
+    """A skip from any member skips the update; then every member's state is put back as it was.
+
+    The model will not apply the step, so no member may remember it (a member
+    before or after the one that skipped would otherwise have counted it).
+    """
+    skip = tf.reduce_any(tf.stack(flags))
+    for variable, old in zip(variables, before):
+        variable.assign(tf.where(skip, old, variable.value))
+    return skip
 
 
 def _root_sum(squares: list[tf.Tensor]) -> tf.Tensor:

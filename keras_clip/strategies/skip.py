@@ -57,8 +57,8 @@ class SkipSpikes(ClipStrategy):
     A model gates the update on the `skip` stat this strategy reports; called
     on its own, `clip` returns the gradient unchanged and the caller decides.
     Skipping needs the model's own update: it is not available with an
-    optimizer's `gradient_accumulation_steps`. In a `Chain`, members after
-    it still see a skipped step.
+    optimizer's `gradient_accumulation_steps`. In a `Chain` or `ByVariable`,
+    a skipped step leaves no trace in any member's state.
 
     State: a ring buffer of the last `window` accepted norms and an int64
     count of accepted norms, in Keras variables (saved, checkpointed and
