@@ -246,3 +246,24 @@ def test_config_round_trip(strategy):
 @pytest.mark.parametrize("name", ["SkipSpikes", "skip_spikes"])
 def test_get_by_name(name):
     assert kc.get(name).get_config() == SkipSpikes().get_config()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_skip_under_a_loss_scale_optimizer(jit):
+    """The loss-scaling path of the step (the scaler applies updates itself), in float32."""
+    x, y, keep = _batches()
+    scale = 2.0**4
+
+    def train(clipping, x, y):
+        keras.utils.set_random_seed(0)
+        model = mlp()
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.01), initial_scale=scale)
+        model.compile(optimizer=optimizer, loss="mse", clipping=clipping, jit_compile=jit)
+        return model, model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+
+    skipping, history = train(SkipSpikes(4.0, 16, 8), x, y)
+    assert history["skipped_steps"] == [3] and history["nonfinite_steps"] == [0]
+    never_seen, _ = train(None, x[keep], y[keep])
+    assert int(skipping.optimizer.iterations.numpy()) == int(never_seen.optimizer.iterations.numpy()) == 21
+    for u, v in zip(skipping.get_weights(), never_seen.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
