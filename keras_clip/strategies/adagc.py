@@ -29,9 +29,13 @@ class AdaGC(ClipStrategy):
 
     Each variable is bounded by a small multiple of its own recent clipped
     norm, so a spike in one layer is cut back without shrinking the others,
-    and no global threshold needs tuning after warm-up. A variable whose
-    gradient is zero at some warm-up step gets `γ_i = 0` and is frozen from
-    then on (the rule's running minimum cannot recover from 0).
+    and no global threshold needs tuning after warm-up. But warm-up sets the
+    scale for good: after it a bound can grow by at most a factor
+    `beta + (1 - beta) * relative` per step (0.1% with the defaults), so
+    `absolute` must suit the gradient's own scale, as a `ClipByGlobalNorm`
+    threshold would; far below it, every later step is held small. A variable
+    whose gradient is zero at some warm-up step gets `γ_i = 0` and is frozen
+    from then on (the running minimum cannot recover from 0).
 
     State: one float32 `γ_i` per variable and an int64 step counter, in
     Keras variables (saved, checkpointed and restored with the model). A

@@ -46,7 +46,9 @@ class SkipSpikes(ClipStrategy):
     gradient, and counts the step in `skipped_steps` (History and
     TensorBoard). The skipped norm does not enter the window, so a run of
     spikes cannot raise the bar for the next one. The gradient itself is
-    never changed.
+    never changed. The flip side: a lasting jump of the norm's level by more
+    than `z_threshold` standard deviations at once is skipped step after
+    step; a `skipped_steps` count that keeps rising means the level moved.
 
     This is the skip-step rule of large-model trainers (OLMo-core: a window
     of 128, 6 standard deviations, active after 64 steps). It suits rare,
