@@ -93,3 +93,14 @@ def test_tf_train_checkpoint_resume_is_bit_identical(name, data, uninterrupted, 
     tf.train.Checkpoint(model=resumed).restore(path).assert_consumed()
     fit(resumed, data, 2)
     assert_same_run(resumed, uninterrupted[name][0])
+
+
+@pytest.mark.parametrize("name", list(STATEFUL))
+def test_a_nonfinite_step_in_a_model_changes_no_state(name, small_data):
+    x, y = (a.copy() for a in small_data)
+    x[20] = np.nan  # the second batch of each epoch
+    model = tiny_model(STATEFUL[name]())
+    history = fit(model, (x, y), 1)
+    assert history["nonfinite_steps"] == [1] and history["skipped_steps"] == [0]
+    counters = [int(v.numpy()) for v in model.clipping.variables if v.dtype == "int64"]
+    assert len(counters) >= 2 and all(c == 3 for c in counters), counters
