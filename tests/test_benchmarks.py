@@ -83,5 +83,6 @@ def test_adaptive_problems_tiny_prints_all_three_tables(runs):
     assert {row[-1] for row in cliff.values()} <= {"diverged", "converged", "stalled"}
     assert list(outliers) == ["none", "AutoClip()"]
     assert outliers["none"][-1] == "1" and float(outliers["AutoClip()"][0]) > 0
-    skipping, never_seen = late["SkipSpikes(window=8, warmup_steps=4)"], late["none, without the poisoned batches"]
-    assert skipping[-1] == "3" and skipping[:3] == never_seen[:3]  # the poisoned batches skipped, as if never seen
+    assert list(late) == ["none", "SkipSpikes(window=8, warmup_steps=4)"]
+    skipping = late["SkipSpikes(window=8, warmup_steps=4)"]
+    assert skipping[-2:] == ["1", "3"]  # the 3 poisoned batches skipped: no harm at all
