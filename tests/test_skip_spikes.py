@@ -267,3 +267,28 @@ def test_skip_under_a_loss_scale_optimizer(jit):
     assert int(skipping.optimizer.iterations.numpy()) == int(never_seen.optimizer.iterations.numpy()) == 21
     for u, v in zip(skipping.get_weights(), never_seen.get_weights()):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+
+
+def test_tensorboard_gets_skipped_steps_on_the_nonfinite_chart(tmp_path):
+    import os
+
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from keras_clip.callbacks import layout
+
+    x, y, _ = _batches()
+    keras.utils.set_random_seed(0)
+    model = mlp()
+    model.compile(optimizer="adam", loss="mse", clipping=SkipSpikes(4.0, 16, 8), steps_per_execution=4)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[kc.GradientNormLogger(tmp_path)])
+    events = plugin_event_accumulator.EventAccumulator(os.path.join(tmp_path, "train"), size_guidance={"tensors": 0})
+    events.Reload()
+    written = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(layout.SKIPPED_STEPS)]
+    assert layout.SKIPPED_STEPS == "clipping/skipped_steps" and layout.stat_tag("skipped_steps") == layout.SKIPPED_STEPS
+    assert [s for s, _ in written] == list(range(1, 25))  # every step, including the skipped ones
+    assert [int(v) for s, v in written if s in (12, 13, 17, 18, 22, 24)] == [0, 1, 1, 2, 3, 3]  # poisoned: 13, 18, 22
+    (config,) = events.Tensors("custom_scalars__config__")
+    parsed = layout_pb2.Layout.FromString(tf.make_ndarray(config.tensor_proto).item())
+    tags = [list(chart.multiline.tag) for category in parsed.category for chart in category.chart]
+    assert [f"^{layout.NONFINITE_STEPS}$", f"^{layout.SKIPPED_STEPS}$"] in tags
