@@ -16,14 +16,17 @@ import keras_clip._entry  # noqa: F401
 from keras_clip import ops
 from keras_clip.callbacks import GradientNormLogger, GradientSpikeMonitor
 from keras_clip.strategies import (
+    AdaGC,
     AdaptiveGradClip,
     AutoClip,
     ByVariable,
     Chain,
+    ClipByBlockRMS,
     ClipByGlobalNorm,
     ClipByNorm,
     ClipByValue,
     ClipStrategy,
+    SkipSpikes,
     ZClip,
     get,
 )
@@ -41,10 +44,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NONFINITE_POLICIES",
+    "AdaGC",
     "AdaptiveGradClip",
     "AutoClip",
     "ByVariable",
     "Chain",
+    "ClipByBlockRMS",
     "ClipByGlobalNorm",
     "ClipByNorm",
     "ClipByValue",
@@ -57,6 +62,7 @@ __all__ = [
     "GradientNormLogger",
     "GradientSpikeMonitor",
     "NonFiniteGradientError",
+    "SkipSpikes",
     "ZClip",
     "get",
     "ops",

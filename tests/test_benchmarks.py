@@ -75,12 +75,16 @@ def _table(section: str) -> dict[str, list[str]]:
     return {cells[0]: cells[1:] for cells in rows[2:]}  # after the header and the --- line
 
 
-def test_adaptive_problems_tiny_prints_both_tables(runs):
+def test_adaptive_problems_tiny_prints_all_three_tables(runs):
     out = _output(runs, "adaptive_problems.py")
-    cliff, outliers = out.split("### 2.")
-    cliff, outliers = _table(cliff), _table(outliers)
+    cliff, rest = out.split("### 2.")
+    outliers, late = rest.split("### 3.")
+    cliff, outliers, late = _table(cliff), _table(outliers), _table(late)
     assert list(cliff) == ["none", "ClipByGlobalNorm(1.0)", "AutoClip()", "ZClip()"]
     assert cliff["none"][-1] == "diverged"  # NaN within 2 epochs, as in plain Keras
     assert {row[-1] for row in cliff.values()} <= {"diverged", "converged", "stalled"}
     assert list(outliers) == ["none", "AutoClip()"]
     assert outliers["none"][-1] == "1" and float(outliers["AutoClip()"][0]) > 0
+    assert list(late) == ["none", "SkipSpikes(window=8, warmup_steps=4)"]
+    skipping = late["SkipSpikes(window=8, warmup_steps=4)"]
+    assert skipping[-2:] == ["1", "3"]  # the 3 poisoned batches skipped: no harm at all

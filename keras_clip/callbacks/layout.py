@@ -120,7 +120,7 @@ def _category(prefix: str) -> layout_pb2.Category:
             VARIABLE_THRESHOLD,
         ),
         chart("Clip factor (post-clip / pre-clip) and clipped steps", CLIP_FACTOR, CLIPPED),
-        chart("Non-finite and skipped steps (total)", NONFINITE_STEPS, SKIPPED_STEPS),
+        chart("Steps not applied (total): non-finite, skipped", NONFINITE_STEPS, SKIPPED_STEPS),
     ]
     title = "Gradient clipping" + (f" ({prefix.rstrip('/')})" if prefix else "")
     return layout_pb2.Category(title=title, chart=charts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import keras
+import tensorflow as tf
 
 from keras_clip import ops
 from keras_clip.strategies._paths import matches, path_of, warn_unmatched
@@ -45,7 +46,10 @@ class Chain(ClipStrategy):
     Stats: `grad_norm` is the first member's (the gradient as it came in),
     `clipped_grad_norm` the last member's (what the optimizer gets),
     `threshold` that of the last member that reports one (omitted if none do),
-    with that member's `norm` and `clipped_norm` when it reports them.
+    with that member's `norm` and `clipped_norm` when it reports them;
+    `skip` when a member reports one: True when any member's is; the model
+    then does not apply the update, and every member's state is put back
+    as it was before the step.
 
     Args:
         *strategies: ClipStrategy. One or more strategies, applied in order;
@@ -88,6 +92,7 @@ class Chain(ClipStrategy):
         return {f"{i}/{name}": v for i, s in enumerate(self.strategies) for name, v in s.state.items()}
 
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        before = _read(self.variables)
         all_stats = []
         for strategy in self.strategies:
             grads, stats = strategy.clip(grads, variables)
@@ -96,6 +101,9 @@ class Chain(ClipStrategy):
         with_threshold = [s for s in all_stats if "threshold" in s]
         if with_threshold:
             result.update(threshold_stats(with_threshold[-1]))
+        skips = [s["skip"] for s in all_stats if "skip" in s]
+        if skips:
+            result["skip"] = _skip_leaves_no_state(skips, self.variables, before)
         return grads, result
 
     def get_config(self) -> dict[str, Any]:
@@ -124,7 +132,9 @@ class ByVariable(ClipStrategy):
     Stats: `grad_norm` and `clipped_grad_norm` are global L2 norms over
     every variable (combined from the groups' own norms, no extra pass);
     `threshold` is the default's (omitted when it reports none), with its
-    `norm` and `clipped_norm` when it reports them.
+    `norm` and `clipped_norm` when it reports them; `skip`, when a strategy
+    reports one, is True when any group's is (and then every strategy's
+    state is put back as it was before the step).
 
     Args:
         rules: Dict mapping str to ClipStrategy or None. Variable-path
@@ -190,7 +200,8 @@ class ByVariable(ClipStrategy):
         groups: list[list[int]] = [[] for _ in self._members]
         for position, variable in enumerate(variables):
             groups[self._group(path_of(variable))].append(position)
-        clipped, pre_norms, post_norms = list(grads), [], []
+        clipped, pre_norms, post_norms, skips = list(grads), [], [], []
+        before = _read(self.variables)
         stats: Stats = {}
         for strategy, positions in zip(self._members, groups):
             if not positions:
@@ -203,11 +214,15 @@ class ByVariable(ClipStrategy):
             out, stats = strategy.clip([grads[i] for i in positions], [variables[i] for i in positions])
             for i, g in zip(positions, out):
                 clipped[i] = g
+            if "skip" in stats:
+                skips.append(stats["skip"])
             pre_norms.append(stats["grad_norm"])
             post_norms.append(stats["clipped_grad_norm"])
         result = {"grad_norm": ops.combine_norms(pre_norms), "clipped_grad_norm": ops.combine_norms(post_norms)}
         if self.default is not None and groups[-1] and "threshold" in stats:
             result.update(threshold_stats(stats))
+        if skips:
+            result["skip"] = _skip_leaves_no_state(skips, self.variables, before)
         return clipped, result
 
     def get_config(self) -> dict[str, Any]:
@@ -225,3 +240,23 @@ class ByVariable(ClipStrategy):
 def threshold_stats(stats: Stats) -> Stats:
     """A member's `threshold`, with the norms in the threshold's own norm when it reports them."""
     return {k: stats[k] for k in ("threshold", "norm", "clipped_norm") if k in stats}
+
+
+def _read(variables: list[keras.Variable]) -> list[tf.Tensor]:
+    """The variables' values now (tensors, not the variables themselves)."""
+    return [tf.convert_to_tensor(v.value) for v in variables]
+
+
+def _skip_leaves_no_state(
+    flags: list[tf.Tensor], variables: list[keras.Variable], before: list[tf.Tensor]
+) -> tf.Tensor:
+    """A skip from any member skips the update; then every member's state is put back as it was.
+
+    The model will not apply the step, so no member may remember it (a member
+    before or after the one that skipped would otherwise have counted it).
+    """
+    skip = tf.reduce_any(tf.stack(flags))
+    for variable, old in zip(variables, before):
+        variable.assign(tf.where(skip, old, variable.value))
+    return skip
+

@@ -77,8 +77,11 @@ def get(identifier: Any) -> ClipStrategy | None:
 
 # Adaptive strategies and composition (issue 5). Imported here, after `register_name`
 # exists, so `keras_clip.get("AutoClip")` works once the package is imported.
+from keras_clip.strategies.adagc import AdaGC  # noqa: E402
 from keras_clip.strategies.agc import AdaptiveGradClip  # noqa: E402
 from keras_clip.strategies.autoclip import AutoClip  # noqa: E402
+from keras_clip.strategies.block_rms import ClipByBlockRMS  # noqa: E402
+from keras_clip.strategies.skip import SkipSpikes  # noqa: E402
 from keras_clip.strategies.zclip import ZClip  # noqa: E402
 
 # AGC has no scale-free default: 0.01 is the NFNets factor (batch 4096); smaller
@@ -87,7 +90,17 @@ for _name, _factory in (
     ("AdaptiveGradClip", lambda: AdaptiveGradClip(0.01)),
     ("AutoClip", AutoClip),
     ("ZClip", ZClip),
+    ("AdaGC", AdaGC),
+    ("SkipSpikes", SkipSpikes),
+    ("ClipByBlockRMS", lambda: ClipByBlockRMS(1.0)),
 ):
     register_name(_name, _factory)
-for _name, _factory in (("agc", lambda: AdaptiveGradClip(0.01)), ("autoclip", AutoClip), ("zclip", ZClip)):
+for _name, _factory in (
+    ("agc", lambda: AdaptiveGradClip(0.01)),
+    ("autoclip", AutoClip),
+    ("zclip", ZClip),
+    ("adagc", AdaGC),
+    ("skip_spikes", SkipSpikes),
+    ("block_rms", lambda: ClipByBlockRMS(1.0)),
+):
     register_name(_name, _factory, short=True)

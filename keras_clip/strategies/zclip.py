@@ -57,6 +57,20 @@ def zscore_threshold(
     return spike, threshold, mean + z_threshold * (std + eps)
 
 
+def sigma_threshold(norm: tf.Tensor, mean: tf.Tensor, var: tf.Tensor, z_threshold: float) -> tuple[tf.Tensor, ...]:
+    """ZClip's "percentile" mode: a spike is `norm > mean + z_threshold * std`, clipped to that bound.
+
+    Returns:
+        `(spike, threshold, bound)` as `zscore_threshold`; here the threshold
+        and the bound are the same number.
+    """
+    bound = mean + z_threshold * tf.sqrt(tf.maximum(var, 0.0))
+    return norm > bound, bound, bound
+
+
+MODES = ("zscore", "percentile")
+
+
 @keras.saving.register_keras_serializable(package="keras_clip")
 class ZClip(ClipStrategy):
     """ZClip: clip the global norm when it is a z-score outlier of its EMA.
@@ -74,13 +88,23 @@ class ZClip(ClipStrategy):
     ("zscore", "adaptive_scaling"); it scales by `effective / n` exactly
     (the reference divides by `n + 1e-6`).
 
+    `mode="percentile"` (the reference's name; no percentile is computed)
+    makes the bound fixed in standard deviations: a norm above
+    `mean + z_threshold * std` is a spike and is clipped to that bound.
+    `skip_update_on_spike=True` does not apply a spike's update at all (the
+    model leaves weights, optimizer slots and iteration counter untouched
+    and counts the step in `skipped_steps`, as `SkipSpikes` does) and keeps
+    the spike out of the statistics; no spike is skipped during warm-up.
+
     State: an int64 step counter, the mean and the variance, in Keras
-    variables (`state["count"]`, `state["mean"]`, `state["var"]`) (saved, checkpointed and restored with the model). A
-    non-finite norm changes no state.
+    variables (`state["count"]`, `state["mean"]`, `state["var"]`), saved, checkpointed and
+    restored with the model. A non-finite norm, or a skipped spike, changes no state.
 
     Stats: `grad_norm`, `clipped_grad_norm`, `threshold` (the largest norm
     left unclipped this step: `min(mean + z_threshold * (std + eps),
-    max_norm)`; during warm-up `max_norm`, or `inf` when it is None).
+    max_norm)`, without the `eps` in "percentile" mode; during warm-up
+    `max_norm`, or `inf` when it is None), and with `skip_update_on_spike`
+    `skip` (a bool scalar, True when the update is not to be applied).
 
     Args:
         alpha: Float in (0, 1). EMA smoothing factor; closer to 1 adapts more
@@ -91,6 +115,11 @@ class ZClip(ClipStrategy):
         max_norm: Float or None. Positive finite cap on the global norm at
             every step (the reference's `max_grad_norm`); None for no cap.
         eps: Float. Non-negative, added to the standard deviation.
+        mode: String. `"zscore"` (default: adaptive scaling, larger spikes
+            pulled closer to the mean) or `"percentile"` (spikes clipped to
+            `mean + z_threshold * std`).
+        skip_update_on_spike: Bool. Whether a spike's update is skipped
+            instead of clipped and applied.
 
     Example:
 
@@ -111,6 +140,8 @@ class ZClip(ClipStrategy):
         warmup_steps: int = 25,
         max_norm: float | None = 1.0,
         eps: float = 1e-6,
+        mode: str = "zscore",
+        skip_update_on_spike: bool = False,
     ) -> None:
         super().__init__()
         self.alpha = _validation.in_range("alpha", alpha, 0.0, 1.0, closed="neither")
@@ -118,6 +149,16 @@ class ZClip(ClipStrategy):
         self.warmup_steps = _validation.positive_int("warmup_steps", warmup_steps)
         self.max_norm = None if max_norm is None else _validation.positive_finite("max_norm", max_norm)
         self.eps = _validation.in_range("eps", eps, 0.0, math.inf, closed="left")
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {list(MODES)}. Received: mode={mode!r}")
+        self.mode = mode
+        if not isinstance(skip_update_on_spike, bool):
+            kind = type(skip_update_on_spike).__name__
+            raise TypeError(
+                "`skip_update_on_spike` must be a bool. "
+                f"Received: skip_update_on_spike={skip_update_on_spike!r} (of type {kind})"
+            )
+        self.skip_update_on_spike = skip_update_on_spike
         self._count: keras.Variable | None = None
         self._mean: keras.Variable | None = None
         self._var: keras.Variable | None = None
@@ -134,7 +175,10 @@ class ZClip(ClipStrategy):
         _, pre = ops.l2_norms(grads)
         count, mean, var = self._count.value, self._mean.value, self._var.value
         past_warmup = count >= self.warmup_steps
-        spike, spike_threshold, bound = zscore_threshold(pre, mean, var, self.z_threshold, self.eps)
+        if self.mode == "zscore":
+            spike, spike_threshold, bound = zscore_threshold(pre, mean, var, self.z_threshold, self.eps)
+        else:
+            spike, spike_threshold, bound = sigma_threshold(pre, mean, var, self.z_threshold)
         spike = tf.logical_and(past_warmup, spike)
         effective = tf.where(spike, spike_threshold, pre)
         threshold = tf.where(past_warmup, bound, tf.constant(math.inf))
@@ -142,12 +186,19 @@ class ZClip(ClipStrategy):
             effective = tf.minimum(effective, self.max_norm)
             threshold = tf.minimum(threshold, self.max_norm)
         factor = ops.clip_factor(pre, effective)
-        self._update(past_warmup, tf.where(spike, spike_threshold, pre), finite=tf.math.is_finite(pre))
+        finite = tf.math.is_finite(pre)
+        # A non-finite norm is never skipped here: the model's non-finite policy decides about it.
+        skip = tf.logical_and(finite, spike) if self.skip_update_on_spike else tf.constant(False)
+        keep = tf.logical_and(finite, tf.logical_not(skip))
+        self._update(past_warmup, tf.where(spike, spike_threshold, pre), finite=keep)
         clipped = [ops.scale(g, factor) for g in grads]
-        return clipped, {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
+        stats = {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
+        if self.skip_update_on_spike:
+            stats["skip"] = skip
+        return clipped, stats
 
     def _update(self, past_warmup: tf.Tensor, x: tf.Tensor, finite: tf.Tensor) -> None:
-        """Welford during warm-up, the EMA after; nothing for a non-finite norm."""
+        """Welford during warm-up, the EMA after; nothing unless `finite` (a finite norm to record)."""
         count, mean, var = self._count.value, self._mean.value, self._var.value
         warm_mean, warm_var = welford_update(count, mean, var, x)
         ema_mean, ema_var = ema_update(mean, var, x, self.alpha)
@@ -162,4 +213,6 @@ class ZClip(ClipStrategy):
             "warmup_steps": self.warmup_steps,
             "max_norm": self.max_norm,
             "eps": self.eps,
+            "mode": self.mode,
+            "skip_update_on_spike": self.skip_update_on_spike,
         }

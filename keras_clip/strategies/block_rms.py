@@ -1,0 +1,85 @@
+"""Block-RMS clipping: each variable's gradient bounded by its root mean square."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_clip import ops
+from keras_clip.strategies import _validation
+from keras_clip.strategies.base import ClipStrategy, Stats
+
+
+def block_rms_factor(square: tf.Tensor, size: int, threshold: float) -> tf.Tensor:
+    """`1 / max(1, RMS / threshold)` for a gradient of `size` entries and squared norm `square`.
+
+    The RMS is taken over every entry of the variable (for `IndexedSlices` the
+    absent rows count as zeros), as optax's `clip_by_block_rms` does on dense
+    arrays.
+    """
+    rms = tf.sqrt(square / float(max(size, 1)))
+    return 1.0 / tf.maximum(1.0, rms / threshold)
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ClipByBlockRMS(ClipStrategy):
+    """Divides each variable's gradient by `max(1, RMS(g) / threshold)`.
+
+    `RMS(g) = sqrt(mean(g ** 2))` over all entries of one variable's gradient,
+    so a gradient whose root mean square exceeds `threshold` is rescaled to
+    RMS `threshold` and a smaller one is left as it is. Unlike a norm, the RMS
+    does not grow with the size of the variable, so one threshold suits
+    small biases and large kernels alike. This is Adafactor's update clipping
+    (there applied to the update, here to the gradient) and optax's
+    `clip_by_block_rms`.
+
+    Stateless. A non-finite gradient gives a NaN factor (left for the
+    model's non-finite policy).
+
+    Stats: `grad_norm`, `clipped_grad_norm` (global L2 norms, the latter
+    derived from the factors), `rms_threshold` (`threshold`, a bound on
+    each variable's RMS, logged as `clipping/rms_threshold`) and
+    `clipped_fraction` (share of the variables rescaled this step).
+
+    Args:
+        threshold: Float. Positive finite bound on each variable's gradient
+            RMS.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss="mse", clipping=keras_clip.ClipByBlockRMS(1.0))
+    ```
+
+    References:
+        Shazeer, Stern. [Adafactor: Adaptive Learning Rates with Sublinear
+        Memory Cost](https://arxiv.org/abs/1804.04235), 2018 (update clipping,
+        section 6).
+    """
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = _validation.positive_finite("threshold", threshold)
+
+    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        squares = [ops.sum_of_squares(g) for g in grads]
+        factors = [
+            block_rms_factor(s, math.prod(int(d) for d in v.shape), self.threshold) for s, v in zip(squares, variables)
+        ]
+        clipped = [ops.scale(g, f) for g, f in zip(grads, factors)]
+        if not grads:
+            squares, factors = [tf.constant(0.0)], [tf.constant(1.0)]
+        stats = {
+            "grad_norm": tf.sqrt(tf.add_n(squares)),
+            # Derived, not measured again: ||f g||^2 = f^2 ||g||^2.
+            "clipped_grad_norm": tf.sqrt(tf.add_n([s * tf.square(f) for s, f in zip(squares, factors)])),
+            "rms_threshold": tf.constant(self.threshold),
+            "clipped_fraction": tf.reduce_mean(tf.cast(tf.stack(factors) < 1.0, tf.float32)),
+        }
+        return clipped, stats
+
+    def get_config(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}
