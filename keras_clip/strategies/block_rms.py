@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -13,14 +12,14 @@ from keras_clip.strategies import _validation
 from keras_clip.strategies.base import ClipStrategy, Stats
 
 
-def block_rms_factor(square: tf.Tensor, size: int, threshold: float) -> tf.Tensor:
+def block_rms_factor(square: tf.Tensor, size: tf.Tensor | int, threshold: float) -> tf.Tensor:
     """`1 / max(1, RMS / threshold)` for a gradient of `size` entries and squared norm `square`.
 
     The RMS is taken over every entry of the variable (for `IndexedSlices` the
     absent rows count as zeros), as optax's `clip_by_block_rms` does on dense
     arrays.
     """
-    rms = tf.sqrt(square / float(max(size, 1)))
+    rms = tf.sqrt(square / tf.maximum(tf.cast(size, tf.float32), 1.0))
     return 1.0 / tf.maximum(1.0, rms / threshold)
 
 
@@ -66,9 +65,7 @@ class ClipByBlockRMS(ClipStrategy):
 
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
         squares = [ops.sum_of_squares(g) for g in grads]
-        factors = [
-            block_rms_factor(s, math.prod(int(d) for d in v.shape), self.threshold) for s, v in zip(squares, variables)
-        ]
+        factors = [block_rms_factor(s, ops.dense_size(g), self.threshold) for s, g in zip(squares, grads)]
         clipped = [ops.scale(g, f) for g, f in zip(grads, factors)]
         if not grads:
             squares, factors = [tf.constant(0.0)], [tf.constant(1.0)]

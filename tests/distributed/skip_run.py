@@ -45,7 +45,7 @@ def train(clipping, x, y, mirrored):
         model = kc.ClippingModel(inputs, outputs)
         model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", clipping=clipping, jit_compile=False)
     history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
-    slots = [v.numpy() for v in model.optimizer.variables]
+    slots = [v.numpy() for v in model.optimizer.inner_optimizer.variables]
     return model.get_weights(), slots, int(model.optimizer.iterations.numpy()), history
 
 
