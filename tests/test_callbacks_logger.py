@@ -255,3 +255,14 @@ def test_scalars_of():
     }
     assert layout.scalars_of({"grad_norm": 0.0, "clipped_grad_norm": 0.0})["clipping/factor"] == 1.0
     assert math.isnan(layout.scalars_of({"grad_norm": math.inf, "clipped_grad_norm": math.nan})["clipping/factor"])
+
+
+def test_per_variable_tags_do_not_carry_the_models_process_number():
+    from keras_clip.training.recorder import unique_paths
+
+    for _ in range(2):
+        model = kc.ClippingSequential([keras.Input((3,)), keras.layers.Dense(2, name="hidden")])
+        assert model.trainable_variables[0].path.startswith("clipping_sequential")
+        assert unique_paths(model.trainable_variables) == ["hidden/kernel", "hidden/bias"]
+    functional = seed_model()
+    assert unique_paths(functional.trainable_variables) == PATHS  # no model name to leave out

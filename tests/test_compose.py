@@ -15,6 +15,7 @@ from keras_clip import (
     ClipByGlobalNorm,
     ClipByNorm,
     ClipByValue,
+    ClippingSequential,
     ZClip,
 )
 
@@ -201,3 +202,17 @@ def test_chain_and_by_variable_report_the_threshold_members_own_norm():
         assert float(stats["threshold"]) == 1.0
         assert float(stats["clipped_norm"]) == pytest.approx(1.0, rel=1e-5)
         assert float(stats["norm"]) > 1.0
+
+
+def test_patterns_match_the_path_inside_the_model_whatever_its_number():
+    """Two `ClippingSequential` in one process get different auto names; a documented pattern matches both."""
+    for _ in range(2):
+        model = ClippingSequential(
+            [keras.Input((3,)), keras.layers.Dense(4, name="hidden"), keras.layers.Dense(1, name="classifier")]
+        )
+        assert model.trainable_variables[-1].path.startswith("clipping_sequential")
+        strategy = ByVariable({"classifier/*": ClipByValue(1e-3)}, default=None)
+        grads = [tf.ones(v.shape) * 5.0 for v in model.trainable_variables]
+        clipped, _ = strategy.clip(grads, model.trainable_variables)
+        assert float(tf.reduce_max(clipped[-1])) == pytest.approx(1e-3)  # the classifier's bias: clipped
+        assert float(tf.reduce_max(clipped[0])) == 5.0  # hidden: left alone

@@ -26,15 +26,33 @@ def path_of(variable: Any) -> str:
     return path
 
 
+def inside_model(path: str) -> str:
+    """The path without its first segment when that names the model: `model/layer/variable`.
+
+    A `Sequential` or subclassed model puts its own, auto-numbered name first
+    (`clipping_sequential_7/hidden/kernel`); a functional model does not
+    (`hidden/kernel`). Paths of two segments or fewer are returned whole.
+    """
+    head, _, rest = path.partition("/")
+    return rest if rest.count("/") >= 1 else path
+
+
 def matches(path: str, patterns: Sequence[str]) -> bool:
-    """Whether a variable path matches any of the fnmatch patterns (case-sensitive)."""
-    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+    """Whether a variable path matches any of the fnmatch patterns (case-sensitive).
+
+    A pattern may name the full path or the path inside the model
+    (`inside_model`), so `"classifier/*"` matches `classifier/kernel` of a
+    functional model and `clipping_sequential_7/classifier/kernel` alike,
+    whatever number Keras gave the model in this process.
+    """
+    candidates = {path, inside_model(path)}
+    return any(fnmatch.fnmatchcase(c, p) for c in candidates for p in patterns)
 
 
 def warn_unmatched(owner: str, patterns: Sequence[str], variables: Sequence[Any]) -> None:
     """Warns, in one message, about every pattern that matches none of the variables."""
     paths = [path_of(v) for v in variables]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
+    unmatched = [p for p in patterns if not any(matches(path, (p,)) for path in paths)]
     if unmatched:
         warnings.warn(
             f"{owner}: the variable path patterns {unmatched} match no variable. "

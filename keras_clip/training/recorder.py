@@ -188,11 +188,19 @@ def _dense(grad: Any, shape: Sequence[int]) -> tf.Tensor:
 
 
 def unique_paths(variables: Sequence[keras.Variable]) -> list[str]:
-    """Variable paths, made unique with a `_1`, `_2`... suffix where repeated."""
+    """Variable paths inside the model, made unique with a `_1`, `_2`... suffix where repeated.
+
+    When every path starts with the same model name (`clipping_sequential_7/...`,
+    which Keras numbers anew in each process), that segment is left out, so a
+    run's per-variable tags are the same from one run to the next.
+    """
+    full = [getattr(variable, "path", None) or variable.name for variable in variables]
+    heads = {path.partition("/")[0] for path in full}
+    if len(heads) == 1 and all(path.count("/") >= 2 for path in full):
+        full = [path.partition("/")[2] for path in full]
     seen: dict[str, int] = {}
     paths = []
-    for variable in variables:
-        path = getattr(variable, "path", None) or variable.name
+    for path in full:
         count = seen.get(path, 0)
         seen[path] = count + 1
         paths.append(path if count == 0 else f"{path}_{count}")
