@@ -98,3 +98,32 @@ def test_clipping_state_is_saved_and_checkpointed(tmp_path, small_data):
     tf.train.Checkpoint(model=fresh).read(path).expect_partial()
     fresh.optimizer.build(fresh.trainable_variables)  # a deferred restore fills the state as it is built
     assert int(fresh.optimizer.report().nonfinite_steps) == 1
+
+
+SERVE_WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import sys
+    sys.modules["keras_clip"] = None  # not installed, as on a serving machine
+    import numpy as np, tensorflow as tf
+    artifact = tf.saved_model.load(sys.argv[1])
+    x = np.load(sys.argv[2])
+    np.save(sys.argv[3], artifact.serve(tf.constant(x)).numpy())
+    """
+)
+
+
+@pytest.mark.slow
+def test_exported_model_serves_where_the_package_is_not_installed(tmp_path, small_data):
+    x, y = small_data
+    model = mlp()
+    model.compile(optimizer="sgd", loss="mse", clipping=kc.AutoClip())
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.export(str(tmp_path / "served"), verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_WITHOUT_PACKAGE, str(tmp_path / "served"), str(tmp_path / "x.npy"),
+         str(tmp_path / "out.npy")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

@@ -36,6 +36,7 @@ class ClippingMixin(MultiWorkerTrainer):
     Example:
 
     ```python
+    @keras.saving.register_keras_serializable(package="my_project")  # to load it from a .keras file
     class Net(keras_clip.ClippingMixin, keras.Model):
         def __init__(self):
             super().__init__()
