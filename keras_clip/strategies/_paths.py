@@ -33,8 +33,7 @@ def inside_model(path: str) -> str:
     (`clipping_sequential_7/hidden/kernel`); a functional model does not
     (`hidden/kernel`). Paths of two segments or fewer are returned whole.
     """
-    head, _, rest = path.partition("/")
-    return rest if rest.count("/") >= 1 else path
+    return path.split("/", 1)[1] if path.count("/") >= 2 else path
 
 
 def matches(path: str, patterns: Sequence[str]) -> bool:
