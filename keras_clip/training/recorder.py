@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_clip import ops
+from keras_clip.training.report import scalar_columns
 
 # Stat columns reserved in the buffer; a strategy reporting more is cut short.
 MAX_STATS = 16
@@ -125,18 +126,8 @@ class StepRecorder:
                 snapshot.assign(tf.cast(_dense(grad, snapshot.shape), tf.float32))
 
     def _stat_columns(self, stats: dict[str, tf.Tensor]) -> list[tf.Tensor]:
-        scalars = {k: v for k, v in stats.items() if tf.convert_to_tensor(v).shape.rank == 0}
-        keys = list(scalars)
-        if len(keys) > MAX_STATS:
-            warnings.warn(
-                f"The clip reports {len(keys)} statistics; only the first {MAX_STATS} are logged "
-                f"(dropped: {keys[MAX_STATS:]}).",
-                stacklevel=2,
-            )
-            keys = keys[:MAX_STATS]
-        self.stat_keys = keys
-        columns = [tf.cast(scalars[k], tf.float64) for k in keys]
-        return columns + [tf.constant(np.nan, tf.float64)] * (MAX_STATS - len(keys))
+        self.stat_keys, columns = scalar_columns(stats, MAX_STATS, tf.float64)
+        return columns
 
     def _norm_columns(self, grads: Sequence[Any]) -> list[tf.Tensor]:
         self.present = [g is not None for g in grads]

@@ -60,6 +60,22 @@ class ClipReport:
         return {prefix + k: v for k, v in logs.items()}
 
 
+def scalar_columns(stats: dict[str, Any], size: int, dtype: tf.DType) -> tuple[list[str], list[tf.Tensor]]:
+    """The scalar entries of `stats` as `size` columns of `dtype`, NaN-padded, and their names.
+
+    Entries past `size` are dropped with a warning naming them.
+    """
+    names = [k for k, v in stats.items() if tf.convert_to_tensor(v).shape.rank == 0]
+    if len(names) > size:
+        warnings.warn(
+            f"The clip reports {len(names)} figures; only the first {size} are kept (dropped: {names[size:]}).",
+            stacklevel=4,
+        )
+        names = names[:size]
+    columns = [tf.cast(stats[k], dtype) for k in names]
+    return names, columns + [tf.constant(np.nan, dtype)] * (size - len(names))
+
+
 class UpdateFigures:
     """The variables that hold the latest update's figures.
 
@@ -93,18 +109,8 @@ class UpdateFigures:
         self.grad_norm.assign(tf.cast(stats["grad_norm"], tf.float32))
         self.clipped_grad_norm.assign(tf.cast(stats["clipped_grad_norm"], tf.float32))
         self.skipped_steps.assign_add(tf.cast(skip, tf.int64))
-        names = [k for k in stats if k not in ("grad_norm", "clipped_grad_norm")]
-        names = [k for k in names if tf.convert_to_tensor(stats[k]).shape.rank == 0]
-        if len(names) > MAX_FIGURES:
-            warnings.warn(
-                f"The clip reports {len(names)} figures; only the first {MAX_FIGURES} are kept "
-                f"(dropped: {names[MAX_FIGURES:]}).",
-                stacklevel=3,
-            )
-            names = names[:MAX_FIGURES]
-        self.names = names
-        column = [tf.cast(stats[k], tf.float32) for k in names]
-        column += [tf.constant(np.nan, tf.float32)] * (MAX_FIGURES - len(names))
+        figures = {k: v for k, v in stats.items() if k not in ("grad_norm", "clipped_grad_norm")}
+        self.names, column = scalar_columns(figures, MAX_FIGURES, tf.float32)
         self.values.assign(tf.stack(column))
 
     def stats(self) -> dict[str, Any]:

@@ -17,19 +17,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from all_reduce_count import ALL_REDUCE_CALLS  # noqa: E402
 
 import keras_clip as kc  # noqa: E402
-
-ALL_REDUCE_CALLS = []  # one entry per ReplicaContext.all_reduce call made while tracing: tensor count
-_all_reduce = tf.distribute.ReplicaContext.all_reduce
-
-
-def _counting_all_reduce(self, reduce_op, value, options=None):
-    ALL_REDUCE_CALLS.append(len(tf.nest.flatten(value)))
-    return _all_reduce(self, reduce_op, value, options)
-
-
-tf.distribute.ReplicaContext.all_reduce = _counting_all_reduce
 
 
 def data():

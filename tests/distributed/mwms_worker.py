@@ -36,18 +36,8 @@ keras.config.disable_traceback_filtering()
 MULTI = "TF_CONFIG" in os.environ
 INDEX = json.loads(os.environ["TF_CONFIG"])["task"]["index"] if MULTI else None
 ROLE = f"worker{INDEX}" if MULTI else "single"
-# The gradient all-reduces: each call of ReplicaContext.all_reduce made while a step is traced, by its
-# tensor count. (The logs are reduced by Keras in cross-replica context, through `strategy.reduce`.)
-ALL_REDUCE_CALLS = []
-_all_reduce = tf.distribute.ReplicaContext.all_reduce
+from all_reduce_count import ALL_REDUCE_CALLS  # noqa: E402
 
-
-def _counting_all_reduce(self, reduce_op, value, options=None):
-    ALL_REDUCE_CALLS.append(len(tf.nest.flatten(value)))
-    return _all_reduce(self, reduce_op, value, options)
-
-
-tf.distribute.ReplicaContext.all_reduce = _counting_all_reduce
 STRATEGY = tf.distribute.MultiWorkerMirroredStrategy() if MULTI else tf.distribute.get_strategy()
 
 
