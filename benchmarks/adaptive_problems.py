@@ -87,10 +87,8 @@ def seed_strategies(tiny: bool) -> dict[str, kc.ClipStrategy | None]:
     return {**fixed, **autoclip, **others, **spike_strategies()}
 
 
-def outlier_strategies(tiny: bool) -> dict[str, kc.ClipStrategy | None]:
-    """Label -> strategy for the outlier problem: one of each kind at its default or usual setting."""
-    if tiny:
-        return {"none": None, "AutoClip()": kc.AutoClip()}
+def spike_references() -> dict[str, kc.ClipStrategy | None]:
+    """Label -> strategy: the fixed and earlier adaptive rules every spike problem is measured with."""
     return {
         "none": None,
         "ClipByGlobalNorm(1.0)": kc.ClipByGlobalNorm(1.0),
@@ -99,6 +97,15 @@ def outlier_strategies(tiny: bool) -> dict[str, kc.ClipStrategy | None]:
         "ZClip()": kc.ZClip(),
         "ZClip(max_norm=None)": kc.ZClip(max_norm=None),
         "AdaptiveGradClip(0.05)": kc.AdaptiveGradClip(0.05),
+    }
+
+
+def outlier_strategies(tiny: bool) -> dict[str, kc.ClipStrategy | None]:
+    """Label -> strategy for the outlier problem: one of each kind at its default or usual setting."""
+    if tiny:
+        return {"none": None, "AutoClip()": kc.AutoClip()}
+    return {
+        **spike_references(),
         "Chain(ClipByGlobalNorm(3.0), AutoClip())": kc.Chain(kc.ClipByGlobalNorm(3.0), kc.AutoClip()),
         "Chain(ClipByGlobalNorm(30.0), AutoClip())": kc.Chain(kc.ClipByGlobalNorm(30.0), kc.AutoClip()),
         **spike_strategies(),
@@ -110,13 +117,7 @@ def late_strategies(tiny: bool) -> dict[str, kc.ClipStrategy | None]:
     if tiny:
         return {"none": None, "SkipSpikes(window=8, warmup_steps=4)": kc.SkipSpikes(window=8, warmup_steps=4)}
     return {
-        "none": None,
-        "ClipByGlobalNorm(1.0)": kc.ClipByGlobalNorm(1.0),
-        "ClipByGlobalNorm(30.0)": kc.ClipByGlobalNorm(30.0),
-        "AutoClip()": kc.AutoClip(),
-        "ZClip()": kc.ZClip(),
-        "ZClip(max_norm=None)": kc.ZClip(max_norm=None),
-        "AdaptiveGradClip(0.05)": kc.AdaptiveGradClip(0.05),
+        **spike_references(),
         **spike_strategies(),
     }
 
