@@ -2,6 +2,7 @@
 
 import gc
 import math
+import os
 import re
 import weakref
 
@@ -266,3 +267,15 @@ def test_per_variable_tags_do_not_carry_the_models_process_number():
         assert unique_paths(model.trainable_variables) == ["hidden/kernel", "hidden/bias"]
     functional = seed_model()
     assert unique_paths(functional.trainable_variables) == PATHS  # no model name to leave out
+
+
+def test_the_layout_is_written_once_per_run_even_across_processes(tmp_path, seed_data, monkeypatch):
+    from keras_clip.callbacks import logger as logger_module
+
+    x, y = seed_data
+    for _ in range(2):
+        monkeypatch.setattr(logger_module, "_RUNS_WITH_LAYOUT", set())  # as in a new process
+        model = seed_model(kc.ClipByGlobalNorm(1.0), jit_compile=False)
+        model.fit(x[:256], y[:256], batch_size=128, verbose=0, callbacks=[kc.GradientNormLogger(tmp_path)])
+    assert len(read_run(tmp_path)["custom_scalars__config__"]) == 1
+    assert len(os.listdir(tmp_path / "train")) == 2  # both runs wrote their steps

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
+
+from tensorboard.backend.event_processing import event_file_loader
 
 from keras_clip.callbacks import layout
 from keras_clip.callbacks.base import RecordingCallback, validate_log_dir
@@ -11,6 +14,8 @@ from keras_clip.training.recorder import RecordedStep
 
 # Runs this process already wrote the custom-scalars layout to (once is enough).
 _RUNS_WITH_LAYOUT: set[tuple[str, tuple[str, ...]]] = set()
+# The layout is the first summary of the event files this logger writes: how far a check looks.
+_LAYOUT_SEARCH_EVENTS = 4
 
 
 class GradientNormLogger(RecordingCallback):
@@ -97,9 +102,12 @@ class GradientNormLogger(RecordingCallback):
         super().on_train_begin(logs)
         run = os.path.abspath(os.path.join(self.log_dir, "train"))
         key = (run, tuple(prefix for prefix, _ in self._optimizers))
-        if self.write_layout and (key not in _RUNS_WITH_LAYOUT or not os.path.isdir(run)):
-            self._train_writer.summary(0, layout.layout_summary([prefix for prefix, _ in self._optimizers]))
-            _RUNS_WITH_LAYOUT.add(key)
+        if not self.write_layout or (key in _RUNS_WITH_LAYOUT and os.path.isdir(run)):
+            return
+        summary = layout.layout_summary(list(key[1]))
+        if not _has_layout(run, summary):  # an earlier process may have written it
+            self._train_writer.summary(0, summary)
+        _RUNS_WITH_LAYOUT.add(key)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.update_freq == "epoch":
@@ -131,6 +139,21 @@ class GradientNormLogger(RecordingCallback):
                 continue
             for path, values in recorder.read_gradients().items():
                 self._train_writer.histogram(recorder.current_step(), prefix + layout.HISTOGRAM_PREFIX + path, values)
+
+
+def _has_layout(run: str, summary: Any) -> bool:
+    """Whether an event file of the run already holds this custom-scalars layout."""
+    if not os.path.isdir(run):
+        return False
+    wanted = (summary.value[0].tag, summary.value[0].tensor.SerializeToString())
+    for name in sorted(os.listdir(run)):
+        if "tfevents" not in name:
+            continue
+        events = event_file_loader.EventFileLoader(os.path.join(run, name)).Load()
+        for event in itertools.islice(events, _LAYOUT_SEARCH_EVENTS):
+            if any((value.tag, value.tensor.SerializeToString()) == wanted for value in event.summary.value):
+                return True
+    return False
 
 
 def _validate_update_freq(update_freq: Any) -> str | int:
