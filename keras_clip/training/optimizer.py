@@ -151,21 +151,34 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         scale = self._loss_scale()
         unscaled = _rescale(present, scale, divide=True)
         overflow = isinstance(self.inner_optimizer, LossScaleOptimizer)
-        unscaled, finite, go = self._policy.prepare(unscaled, overflow=overflow)
-        self.figures.count_nonfinite(finite)
+        unscaled, finite = self._policy.repair(unscaled, overflow=overflow)
         if self.accumulation_steps:
-            self._accumulate(unscaled, variables, go, scale)
+            finite = ops.all_finite(unscaled) if finite is None else finite
+            self.figures.count_nonfinite(finite)
+            self._accumulate(unscaled, variables, self._policy.allows(finite, overflow=overflow), scale)
         else:
-            self._clip_and_update(unscaled, variables, go, scale)
+            if finite is not None:
+                self.figures.count_nonfinite(finite)
+            self._clip_and_update(unscaled, variables, finite, scale)
         if self.recorder is not None:
             self.recorder.record(self.figures.stats(), grads, list(trainable_variables))
 
-    def _clip_and_update(self, grads: list[Any], variables: list[keras.Variable], go: tf.Tensor, scale: Any) -> None:
-        """Clips, records the figures and applies unless the policy or the strategy says skip."""
+    def _clip_and_update(
+        self, grads: list[Any], variables: list[keras.Variable], finite: tf.Tensor | None, scale: Any
+    ) -> None:
+        """Clips, records the figures and applies unless the policy or the strategy says skip.
+
+        `finite`: whether the incoming gradient was finite, when the policy
+        already looked; None: read off the clip's `grad_norm` and counted here.
+        """
         clipped, stats = self.clip_gradients(grads, variables)
+        if finite is None:
+            finite = tf.math.is_finite(stats["grad_norm"])
+            self.figures.count_nonfinite(finite)
         skip = _skip_of(stats)
         self.figures.store(stats, skip)
         clipped = _rescale(clipped, scale, divide=False)
+        go = self._policy.allows(finite)
         if isinstance(self.inner_optimizer, LossScaleOptimizer):
             # The loss scaler checks the gradient itself: it skips and lowers its scale on overflow.
             go = tf.constant(True)
@@ -192,6 +205,7 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
             self._iterations.assign_add(1)
 
         def update() -> None:
+            # Only finite micro-batches were added (counted above, as they came).
             self._clip_and_update([t / steps for t in totals], variables, tf.constant(True), scale)
             for a in accumulators:
                 a.assign(tf.zeros_like(a))

@@ -48,27 +48,29 @@ class NonFinitePolicy:
     def __init__(self, name: str = "skip") -> None:
         self.name = validate_policy(name)
 
-    def prepare(
-        self, grads: Sequence[ops.Gradient], *, overflow: bool = False
-    ) -> tuple[list[ops.Gradient], tf.Tensor, tf.Tensor]:
-        """Checks a gradient and applies the policy's repair.
+    def repair(self, grads: Sequence[ops.Gradient], *, overflow: bool = False) -> tuple[list, tf.Tensor | None]:
+        """Zeroes non-finite entries under `"zero"`; elsewhere leaves the gradient as it is.
 
         Args:
             grads: Sequence of Tensor or IndexedSlices (no None).
-            overflow: Bool. Whether non-finite means a loss-scale overflow.
+            overflow: Bool. Whether non-finite means a loss-scale overflow
+                (never repaired).
 
         Returns:
-            `(grads, finite, apply)`: the gradients to clip, whether the
-            incoming ones were all finite, and whether the update may go on.
+            `(grads, finite)`: the gradients to clip and, when the policy had
+            to look, whether the incoming ones were all finite; else None (the
+            caller reads it off the clip's `grad_norm`, which is finite
+            exactly when every entry is: no second pass over the gradient).
         """
-        finite = ops.all_finite(grads)
-        if overflow:
-            return list(grads), finite, finite
-        if self.name == "zero":
-            return [ops.zero_nonfinite(g) for g in grads], finite, tf.constant(True)
-        if self.name == "propagate":
-            return list(grads), finite, tf.constant(True)
-        return list(grads), finite, finite
+        if self.name != "zero" or overflow:
+            return list(grads), None
+        return [ops.zero_nonfinite(g) for g in grads], ops.all_finite(grads)
+
+    def allows(self, finite: tf.Tensor, *, overflow: bool = False) -> tf.Tensor:
+        """Whether an update whose incoming gradient was (or was not) finite is applied."""
+        if self.name in ("zero", "propagate") and not overflow:
+            return tf.constant(True)
+        return finite
 
     def __repr__(self) -> str:
         return f"NonFinitePolicy({self.name!r})"
