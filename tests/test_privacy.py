@@ -14,13 +14,13 @@ import keras_clip as kc
 from tests import dp_cases
 
 
-def _one_step(jit_compile, l2_norm_clip, noise_multiplier=0.0):
+def _one_step(jit_compile, l2_norm_clip, noise_multiplier=0.0, ghost_norms=True):
     model = dp_cases.build_model()
     x, y = dp_cases.data()
     reference_model = dp_cases.build_model(keras.Model)
     reference_model.set_weights(model.get_weights())
     expected, norms = dp_cases.reference_update(reference_model, x, y, l2_norm_clip)
-    clip = kc.PerExampleClip(l2_norm_clip, noise_multiplier=noise_multiplier, seed=0)
+    clip = kc.PerExampleClip(l2_norm_clip, noise_multiplier=noise_multiplier, seed=0, ghost_norms=ghost_norms)
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", clipping=clip, jit_compile=jit_compile)
     before = model.get_weights()
     history = model.fit(x, y, batch_size=dp_cases.BATCH, epochs=1, shuffle=False, verbose=0)
@@ -28,13 +28,14 @@ def _one_step(jit_compile, l2_norm_clip, noise_multiplier=0.0):
     return updates, expected, norms, model, history
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_one_step_equals_loop_over_examples(jit_compile):
+@pytest.mark.parametrize("ghost_norms", [True, False], ids=["ghost", "vectorized"])
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_one_step_equals_loop_over_examples(jit_compile, ghost_norms):
     model = dp_cases.build_model()
     x, y = dp_cases.data()
     _, norms = dp_cases.reference_update(model, x, y, 1.0)
     l2_norm_clip = float(np.median(norms))  # half of the examples are clipped
-    updates, expected, norms, model, _ = _one_step(jit_compile, l2_norm_clip)
+    updates, expected, norms, model, _ = _one_step(jit_compile, l2_norm_clip, ghost_norms=ghost_norms)
     assert 0 < np.mean(norms > l2_norm_clip) < 1  # the scenario clips some examples, not all
     assert len(updates) == 9  # Embedding, LayerNormalization (2), Conv2D (2), Dense (2 x 2)
     for got, want in zip(updates, expected):
@@ -88,7 +89,8 @@ def test_config_round_trip():
     clip = kc.PerExampleClip(0.5, noise_multiplier=1.1, seed=7)
     restored = kc.get(keras.saving.serialize_keras_object(clip))
     assert isinstance(restored, kc.PerExampleClip)
-    assert restored.get_config() == clip.get_config() == {"l2_norm_clip": 0.5, "noise_multiplier": 1.1, "seed": 7}
+    expected = {"l2_norm_clip": 0.5, "noise_multiplier": 1.1, "seed": 7, "ghost_norms": True}
+    assert restored.get_config() == clip.get_config() == expected
 
 
 def test_several_losses_are_refused_at_compile():
@@ -158,12 +160,14 @@ def mirrored():
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def test_mirrored_step_equals_loop_over_examples(mirrored):
+@pytest.mark.parametrize("path", ["ghost", "vectorized"])
+def test_mirrored_step_equals_loop_over_examples(mirrored, path):
     assert mirrored["replicas"] == 2
-    assert mirrored["max_abs_diff"] < 1e-5, mirrored
-    assert 0 < mirrored["reference_clipped_fraction"] < 1
-    assert mirrored["clipped_fraction"] == pytest.approx(mirrored["reference_clipped_fraction"])
-    assert mirrored["example_norm_max"] == pytest.approx(mirrored["reference_norm_max"], rel=1e-5)
+    result = mirrored[path]
+    assert result["max_abs_diff"] < 1e-5, result
+    assert 0 < result["reference_clipped_fraction"] < 1
+    assert result["clipped_fraction"] == pytest.approx(result["reference_clipped_fraction"])
+    assert result["example_norm_max"] == pytest.approx(result["reference_norm_max"], rel=1e-5)
 
 
 def test_mirrored_noise_is_added_once_for_the_global_batch(mirrored):

@@ -51,6 +51,12 @@ class PerExampleClip(ClipStrategy):
         seed: Int or None. Seed of the noise. None (default) draws one from
             the operating system when the strategy is created; pass one only
             for reproducible experiments.
+        ghost_norms: Bool. True (default): Dense, EinsumDense, Embedding and
+            LayerNormalization layers get each example's gradient norm from
+            their inputs and output gradients, without forming per-example
+            gradients (other layers: vectorized per-example gradients).
+            False: vectorized per-example gradients for every layer. Both
+            give the same norms; ghost norms are faster and use less memory.
 
     Example:
 
@@ -65,9 +71,13 @@ class PerExampleClip(ClipStrategy):
     References:
         - Abadi et al., [Deep Learning with Differential Privacy](https://arxiv.org/abs/1607.00133), 2016.
         - Goodfellow, [Efficient Per-Example Gradient Computations](https://arxiv.org/abs/1510.01799), 2015.
+        - Li et al., [Large Language Models Can Be Strong Differentially Private
+          Learners](https://arxiv.org/abs/2110.05679), 2022.
     """
 
-    def __init__(self, l2_norm_clip: float, noise_multiplier: float = 0.0, seed: int | None = None) -> None:
+    def __init__(
+        self, l2_norm_clip: float, noise_multiplier: float = 0.0, seed: int | None = None, ghost_norms: bool = True
+    ) -> None:
         super().__init__()
         if not l2_norm_clip > 0:
             raise ValueError(f"`l2_norm_clip` must be positive. Received: l2_norm_clip={l2_norm_clip}")
@@ -78,6 +88,7 @@ class PerExampleClip(ClipStrategy):
         self.l2_norm_clip = float(l2_norm_clip)
         self.noise_multiplier = float(noise_multiplier)
         self.seed = seed
+        self.ghost_norms = bool(ghost_norms)
         self._noise_seed = seed if seed is not None else secrets.randbits(31)
         self._staged = threading.local()
 
@@ -117,7 +128,12 @@ class PerExampleClip(ClipStrategy):
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments."""
-        return {"l2_norm_clip": self.l2_norm_clip, "noise_multiplier": self.noise_multiplier, "seed": self.seed}
+        return {
+            "l2_norm_clip": self.l2_norm_clip,
+            "noise_multiplier": self.noise_multiplier,
+            "seed": self.seed,
+            "ghost_norms": self.ghost_norms,
+        }
 
 
 def _noise(grad: tf.Tensor, std: tf.Tensor, key: int, counter: Any) -> tf.Tensor:

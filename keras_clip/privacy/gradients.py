@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from keras_clip.privacy import ghost
+
 # Below this norm an example's gradient is zero and its factor is 1 (no division by zero).
 _TINY = 1e-30
 
@@ -44,16 +46,41 @@ def squared_norms(per_example: Sequence[tf.Tensor]) -> tf.Tensor:
 
 
 def clipped_sum(
-    tape: tf.GradientTape, losses: tf.Tensor, variables: Sequence[Any], l2_norm_clip: float
+    tape: tf.GradientTape,
+    losses: tf.Tensor,
+    variables: Sequence[Any],
+    l2_norm_clip: float,
+    recording: ghost.Recording | None = None,
 ) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """Each example's gradient norm, and the sum over the batch of the clipped gradients.
+
+    Without a `recording`, every variable's per-example gradient is formed
+    (vectorized) and the clipped ones are summed. With one, the variables
+    of the recorded layers get their norms from `ghost` (no per-example
+    gradient), the others from vectorized per-example gradients, and the
+    clipped sum is one more backward pass with each example's loss weighted
+    by its clip factor.
 
     Returns:
         `(norms, sums)`: norms of shape `(batch,)` and, per variable, the sum
         of `g_i * min(1, C / ||g_i||)` over the examples.
     """
-    per_example = per_example_gradients(tape, losses, variables)
-    norms = tf.sqrt(squared_norms(per_example))
-    factors = clip_factors(norms, l2_norm_clip)
-    sums = [tf.tensordot(tf.cast(factors, g.dtype), g, axes=1) for g in per_example]
-    return norms, sums
+    variables = list(variables)
+    records = recording.records() if recording is not None else []
+    if not records:
+        per_example = per_example_gradients(tape, losses, variables)
+        norms = tf.sqrt(squared_norms(per_example))
+        factors = clip_factors(norms, l2_norm_clip)
+        return norms, [tf.tensordot(tf.cast(factors, g.dtype), g, axes=1) for g in per_example]
+    covered = {id(v) for r in records for v in r.layer.trainable_weights}
+    output_grads = tape.gradient(losses, [r.probe for r in records], output_gradients=tf.ones_like(losses))
+    squared = recording.squared_norms(records, output_grads)
+    others = [v for v in variables if id(v) not in covered]
+    if others:
+        squared += squared_norms(per_example_gradients(tape, losses, others))
+    norms = tf.sqrt(squared)
+    factors = tf.stop_gradient(clip_factors(norms, l2_norm_clip))
+    sums = tape.gradient(
+        losses, variables, output_gradients=factors, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return norms, list(sums)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
-from keras_clip.privacy import gradients
+from keras_clip.privacy import ghost, gradients
 from keras_clip.privacy.clip import PerExampleClip
 from keras_clip.training.distribute import replicas
 
@@ -86,7 +87,8 @@ def train_step(model: keras.Model, data: Any) -> dict[str, Any]:
     clip: PerExampleClip = optimizer.clipping
     variables = list(model.trainable_variables)
     with tf.GradientTape(persistent=True) as tape:
-        y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
+        with _recording(model, tape, clip.ghost_norms) as recording:
+            y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
         losses = per_example_losses(model.loss, y, y_pred, sample_weight)
     if model.losses:
         raise ValueError(
@@ -94,7 +96,7 @@ def train_step(model: keras.Model, data: Any) -> dict[str, Any]:
             "add_loss): an activity regularizer depends on the batch as a whole. Use the optimizer's "
             f"weight_decay instead. Received: {len(model.losses)} added losses"
         )
-    norms, clipped = gradients.clipped_sum(tape, losses, variables, clip.l2_norm_clip)
+    norms, clipped = gradients.clipped_sum(tape, losses, variables, clip.l2_norm_clip, recording)
     del tape
     local_batch = tf.shape(losses)[0]
     global_batch = _sum_replicas(tf.cast(local_batch, tf.float32))
@@ -102,6 +104,10 @@ def train_step(model: keras.Model, data: Any) -> dict[str, Any]:
     model._loss_tracker.update_state(tf.reduce_mean(losses), sample_weight=local_batch)
     optimizer.apply([g / global_batch for g in clipped], variables)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _recording(model: keras.Model, tape: tf.GradientTape, enabled: bool) -> Any:
+    return ghost.recording(model, tape) if enabled else contextlib.nullcontext()
 
 
 def _figures(norms: tf.Tensor, l2_norm_clip: float) -> dict[str, tf.Tensor]:

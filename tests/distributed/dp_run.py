@@ -25,7 +25,7 @@ import keras_clip as kc  # noqa: E402
 from tests import dp_cases  # noqa: E402
 
 
-def one_step(strategy):
+def one_step(strategy, ghost_norms):
     x, y = dp_cases.data()
     reference_model = dp_cases.build_model(keras.Model)
     _, norms = dp_cases.reference_update(reference_model, x, y, 1.0)
@@ -33,7 +33,11 @@ def one_step(strategy):
     expected, _ = dp_cases.reference_update(reference_model, x, y, l2_norm_clip)
     with strategy.scope():
         model = dp_cases.build_model()
-        model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", clipping=kc.PerExampleClip(l2_norm_clip))
+        model.compile(
+            optimizer=keras.optimizers.SGD(1.0),
+            loss="mse",
+            clipping=kc.PerExampleClip(l2_norm_clip, ghost_norms=ghost_norms),
+        )
     before = model.get_weights()
     model.fit(x, y, batch_size=dp_cases.BATCH, epochs=1, shuffle=False, verbose=0)
     diff = max(float(np.max(np.abs(b - a - e))) for b, a, e in zip(before, model.get_weights(), expected))
@@ -50,7 +54,8 @@ def one_step(strategy):
 def main():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     ratio, mean, _ = dp_cases.noise_ratio(strategy)
-    result = {"replicas": strategy.num_replicas_in_sync, **one_step(strategy), "noise_ratio": ratio, "noise_mean": mean}
+    result = {"replicas": strategy.num_replicas_in_sync, "noise_ratio": ratio, "noise_mean": mean}
+    result.update(ghost=one_step(strategy, True), vectorized=one_step(strategy, False))
     print("RESULT " + json.dumps(result))
 
 
