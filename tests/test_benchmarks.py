@@ -29,7 +29,7 @@ def runs():
             stderr=subprocess.PIPE,
             text=True,
         )
-        for script in ("bench_step.py", "bench_logging.py", "adaptive_problems.py")
+        for script in ("bench_step.py", "bench_logging.py", "adaptive_problems.py", "bench_dp.py")
     }
     yield started
     for process in started.values():
@@ -82,3 +82,11 @@ def test_adaptive_problems_tiny_prints_both_tables(runs):
     assert {row[-1] for row in cliff.values()} <= {"diverged", "converged", "stalled"}
     assert list(outliers) == ["none", "AutoClip()"]
     assert outliers["none"][-1] == "1" and float(outliers["AutoClip()"][0]) > 0
+
+
+def test_bench_dp_tiny_prints_every_model_and_variant(runs):
+    out = _output(runs, "bench_dp.py")
+    for model in ("mlp", "embedding", "conv"):
+        assert re.search(rf"^{model} \(batch \d+", out, re.M), out
+    for variant in ("keras", "dp_ghost", "dp_vectorized"):
+        assert len(re.findall(rf"^  {variant} +[\d.]+ +[\d.]+ +[\d.]+", out, re.M)) == 3, out
