@@ -76,11 +76,15 @@ def _flat(model):
     return np.concatenate([w.ravel() for w in model.get_weights()])
 
 
-def noise_ratio(strategy, noise_multiplier=1.3, l2_norm_clip=0.7, batch=16, steps=120, lr=1.0):
+def noise_ratio(
+    strategy, noise_multiplier=1.3, l2_norm_clip=0.7, batch=16, steps=120, lr=1.0, expected_batch_size=None
+):
     """Empirical std of the updates over steps and coordinates, over the formula sigma * C / B; their mean; them."""
     with strategy.scope():
         model = zero_gradient_model()
-        clip = kc.PerExampleClip(l2_norm_clip, noise_multiplier=noise_multiplier, seed=3)
+        clip = kc.PerExampleClip(
+            l2_norm_clip, noise_multiplier=noise_multiplier, seed=3, expected_batch_size=expected_batch_size
+        )
         model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", clipping=clip)
     x = np.random.default_rng(0).normal(size=(batch * steps, 50)).astype("float32")
     trace = WeightTrace()
@@ -88,4 +92,5 @@ def noise_ratio(strategy, noise_multiplier=1.3, l2_norm_clip=0.7, batch=16, step
         x, np.zeros((len(x), 1), "float32"), batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[trace]
     )
     updates = np.diff(np.stack(trace.weights), axis=0) / lr
-    return float(np.std(updates) / (noise_multiplier * l2_norm_clip / batch)), float(np.mean(updates)), updates
+    divisor = expected_batch_size or batch
+    return float(np.std(updates) / (noise_multiplier * l2_norm_clip / divisor)), float(np.mean(updates)), updates

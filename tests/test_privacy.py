@@ -64,6 +64,16 @@ def test_noise_std_matches_the_formula_on_one_device():
     assert abs(mean) < 0.05 * 1.3 * 0.7 / 16
 
 
+def test_expected_batch_size_is_the_divisor():
+    ratio, _, _ = dp_cases.noise_ratio(tf.distribute.get_strategy(), expected_batch_size=40, steps=60)
+    assert ratio == pytest.approx(1.0, abs=0.07)
+
+
+def test_figures_of_an_empty_batch_are_zeros():
+    figures = kc.privacy.step._figures(tf.zeros([0]), 1.0)
+    assert {k: float(v) for k, v in figures.items()} == dict.fromkeys(figures, 0.0)
+
+
 def test_noise_is_reproducible_with_a_seed_and_differs_between_steps():
     *_, first = dp_cases.noise_ratio(tf.distribute.get_strategy(), steps=3)
     *_, second = dp_cases.noise_ratio(tf.distribute.get_strategy(), steps=3)
@@ -78,6 +88,7 @@ def test_noise_is_reproducible_with_a_seed_and_differs_between_steps():
         ({"l2_norm_clip": -1.0}, "Received: l2_norm_clip=-1.0"),
         ({"l2_norm_clip": 1.0, "noise_multiplier": -0.1}, "Received: noise_multiplier=-0.1"),
         ({"l2_norm_clip": 1.0, "seed": 1.5}, "Received: seed=1.5"),
+        ({"l2_norm_clip": 1.0, "expected_batch_size": 0}, "Received: expected_batch_size=0"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, match):
@@ -90,6 +101,7 @@ def test_config_round_trip():
     restored = kc.get(keras.saving.serialize_keras_object(clip))
     assert isinstance(restored, kc.PerExampleClip)
     expected = {"l2_norm_clip": 0.5, "noise_multiplier": 1.1, "seed": 7, "ghost_norms": True}
+    expected["expected_batch_size"] = None
     assert restored.get_config() == clip.get_config() == expected
 
 

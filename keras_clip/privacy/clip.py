@@ -23,7 +23,7 @@ class PerExampleClip(ClipStrategy):
     over the batch, no Python loop), scales it to at most `l2_norm_clip`,
     sums over the global batch, adds noise N(0, (noise_multiplier *
     l2_norm_clip)^2) once per coordinate, and divides by the global batch
-    size B. The update's noise therefore has standard deviation
+    size B (or `expected_batch_size`). The update's noise therefore has standard deviation
     `noise_multiplier * l2_norm_clip / B` whatever the number of replicas:
     the replicas' clipped sums are all-reduced first and every replica then
     adds the same noise (a stateless generator keyed by the seed and the
@@ -57,6 +57,13 @@ class PerExampleClip(ClipStrategy):
             gradients (other layers: vectorized per-example gradients).
             False: vectorized per-example gradients for every layer. Both
             give the same norms; ghost norms are faster and use less memory.
+        expected_batch_size: Int or None. What the clipped sum (and noise) is
+            divided by. None (default): the global batch's actual size, right
+            for fixed-size batches. With Poisson sampling
+            (`keras_clip.privacy.poisson_batches`) pass the expected size
+            `sample_rate * dataset size`: the actual size of a Poisson batch
+            depends on the data, so dividing by it is not covered by the
+            accounting.
 
     Example:
 
@@ -76,7 +83,12 @@ class PerExampleClip(ClipStrategy):
     """
 
     def __init__(
-        self, l2_norm_clip: float, noise_multiplier: float = 0.0, seed: int | None = None, ghost_norms: bool = True
+        self,
+        l2_norm_clip: float,
+        noise_multiplier: float = 0.0,
+        seed: int | None = None,
+        ghost_norms: bool = True,
+        expected_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if not l2_norm_clip > 0:
@@ -89,6 +101,12 @@ class PerExampleClip(ClipStrategy):
         self.noise_multiplier = float(noise_multiplier)
         self.seed = seed
         self.ghost_norms = bool(ghost_norms)
+        if expected_batch_size is not None and not (isinstance(expected_batch_size, int) and expected_batch_size > 0):
+            raise ValueError(
+                "`expected_batch_size` must be a positive int or None. "
+                f"Received: expected_batch_size={expected_batch_size!r}"
+            )
+        self.expected_batch_size = expected_batch_size
         self._noise_seed = seed if seed is not None else secrets.randbits(31)
         self._staged = threading.local()
 
@@ -133,6 +151,7 @@ class PerExampleClip(ClipStrategy):
             "noise_multiplier": self.noise_multiplier,
             "seed": self.seed,
             "ghost_norms": self.ghost_norms,
+            "expected_batch_size": self.expected_batch_size,
         }
 
 

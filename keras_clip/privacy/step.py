@@ -99,7 +99,10 @@ def train_step(model: keras.Model, data: Any) -> dict[str, Any]:
     norms, clipped = gradients.clipped_sum(tape, losses, variables, clip.l2_norm_clip, recording)
     del tape
     local_batch = tf.shape(losses)[0]
-    global_batch = _sum_replicas(tf.cast(local_batch, tf.float32))
+    if clip.expected_batch_size is not None:
+        global_batch = tf.constant(float(clip.expected_batch_size))
+    else:
+        global_batch = _sum_replicas(tf.cast(local_batch, tf.float32))
     clip.stage(_figures(_gather_replicas(norms), clip.l2_norm_clip), global_batch)
     model._loss_tracker.update_state(tf.reduce_mean(losses), sample_weight=local_batch)
     optimizer.apply([g / global_batch for g in clipped], variables)
@@ -112,11 +115,17 @@ def _recording(model: keras.Model, tape: tf.GradientTape, enabled: bool) -> Any:
 
 def _figures(norms: tf.Tensor, l2_norm_clip: float) -> dict[str, tf.Tensor]:
     """Median and max of the per-example norms, and the fraction of examples clipped."""
-    ordered = tf.sort(norms)
-    count = tf.shape(ordered)[0]
-    median = 0.5 * (ordered[(count - 1) // 2] + ordered[count // 2])
-    clipped = tf.reduce_mean(tf.cast(norms > l2_norm_clip, tf.float32))
-    return {"example_norm_median": median, "example_norm_max": ordered[-1], "clipped_fraction": clipped}
+    count = tf.size(norms)
+    ordered = tf.concat([tf.sort(norms), tf.zeros([1], norms.dtype)], 0)  # an empty batch reports zeros
+    median = 0.5 * (ordered[tf.maximum(count - 1, 0) // 2] + ordered[count // 2])
+    clipped = tf.math.divide_no_nan(
+        tf.reduce_sum(tf.cast(norms > l2_norm_clip, tf.float32)), tf.cast(count, tf.float32)
+    )
+    return {
+        "example_norm_median": median,
+        "example_norm_max": ordered[tf.maximum(count - 1, 0)],
+        "clipped_fraction": clipped,
+    }
 
 
 def _sum_replicas(value: tf.Tensor) -> tf.Tensor:
