@@ -8,12 +8,16 @@ scale and offset, and EinsumDense kernels (by one einsum) work the same way.
 The layers' calls are re-run with a zero "probe" added to their outputs
 (before the activation), so one backward pass of the summed loss gives every
 g_i; layers called more than once per step fall back to vectorized
-per-example gradients.
+per-example gradients. The clipped sum is then formed from the same a_i and
+g_i (for Dense, a^T (c * g) with c the examples' clip factors), without a
+second backward pass ("book-keeping", Bu et al. 2022).
 
 References:
     - Goodfellow, [Efficient Per-Example Gradient Computations](https://arxiv.org/abs/1510.01799), 2015.
     - Li et al., [Large Language Models Can Be Strong Differentially Private
       Learners](https://arxiv.org/abs/2110.05679), 2022 (ghost clipping).
+    - Bu et al., [Differentially Private Optimization on Large Model at Small
+      Cost](https://arxiv.org/abs/2210.00038), 2022 (book-keeping).
 """
 
 from __future__ import annotations
@@ -61,6 +65,20 @@ class Recording:
         for record in self.calls:
             counts[id(record.layer)] = counts.get(id(record.layer), 0) + 1
         return [r for r in self.calls if counts[id(r.layer)] == 1]
+
+    def clipped_sums(self, records: list[Record], output_grads: list[tf.Tensor], factors: tf.Tensor) -> dict[int, Any]:
+        """Each recorded variable's sum over examples of its clip-weighted gradient, by `id(variable)`.
+
+        From the same inputs and output gradients as the norms (one matmul
+        or einsum per layer; no second backward pass).
+        """
+        sums: dict[int, Any] = {}
+        for record, g in zip(records, output_grads):
+            g = tf.cast(g, tf.float32)
+            weighted = g * tf.reshape(factors, [-1] + [1] * (g.shape.rank - 1))
+            for variable, grad in _SUMS[type(record.layer)](record, weighted):
+                sums[id(variable)] = grad
+        return sums
 
     def squared_norms(self, records: list[Record], output_grads: list[tf.Tensor]) -> tf.Tensor:
         """Sum over the recorded layers of each example's squared gradient norm."""
@@ -241,6 +259,52 @@ def _sum_but_batch(values: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), 1)
 
 
+# Each layer's (variable, clip-weighted gradient summed over the batch) pairs, from weighted output gradients.
+
+
+def _dense_sums(record: Record, g: tf.Tensor) -> list[tuple[Any, Any]]:
+    layer = record.layer
+    a = tf.reshape(tf.cast(record.inputs, tf.float32), [-1, record.inputs.shape[-1]])
+    g = tf.reshape(g, [-1, g.shape[-1]])
+    sums = [(layer.kernel, tf.matmul(a, g, transpose_a=True))]
+    if layer.bias is not None:
+        sums.append((layer.bias, tf.reduce_sum(g, 0)))
+    return sums
+
+
+def _embedding_sums(record: Record, g: tf.Tensor) -> list[tuple[Any, Any]]:
+    table = record.layer.embeddings
+    rows = tf.IndexedSlices(tf.reshape(g, [-1, g.shape[-1]]), tf.reshape(record.inputs, [-1]), tf.shape(table))
+    return [(table, rows)]
+
+
+def _layer_norm_sums(record: Record, g: tf.Tensor) -> list[tuple[Any, Any]]:
+    layer = record.layer
+    summed = [a for a in range(g.shape.rank) if a not in _param_axes(layer, g.shape.rank)]
+    sums = []
+    if layer.gamma is not None:
+        sums.append((layer.gamma, tf.reshape(tf.reduce_sum(g * record.extra, summed), layer.gamma.shape)))
+    if layer.beta is not None:
+        sums.append((layer.beta, tf.reshape(tf.reduce_sum(g, summed), layer.beta.shape)))
+    return sums
+
+
+def _einsum_sums(record: Record, g: tf.Tensor) -> list[tuple[Any, Any]]:
+    layer = record.layer
+    inputs, kernel, outputs = _einsum_specs(layer)
+    sums = [(layer.kernel, tf.einsum(f"{inputs},{outputs}->{kernel}", tf.cast(record.inputs, tf.float32), g))]
+    if layer.bias is not None:
+        bias_letters = "".join(c for c in outputs if c in layer.bias_axes)
+        sums.append((layer.bias, tf.reshape(tf.einsum(f"{outputs}->{bias_letters}", g), layer.bias.shape)))
+    return sums
+
+
+_SUMS: dict[type, Callable[[Record, tf.Tensor], list[tuple[Any, Any]]]] = {
+    keras.layers.Dense: _dense_sums,
+    keras.layers.EinsumDense: _einsum_sums,
+    keras.layers.Embedding: _embedding_sums,
+    keras.layers.LayerNormalization: _layer_norm_sums,
+}
 _CALLS: dict[type, Callable[..., Any]] = {
     keras.layers.Dense: _dense_call,
     keras.layers.EinsumDense: _einsum_call,

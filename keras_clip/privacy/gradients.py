@@ -55,11 +55,12 @@ def clipped_sum(
     """Each example's gradient norm, and the sum over the batch of the clipped gradients.
 
     Without a `recording`, every variable's per-example gradient is formed
-    (vectorized) and the clipped ones are summed. With one, the variables
-    of the recorded layers get their norms from `ghost` (no per-example
-    gradient), the others from vectorized per-example gradients, and the
-    clipped sum is one more backward pass with each example's loss weighted
-    by its clip factor.
+    (vectorized) and the clipped ones are summed. With one, the variables of
+    the recorded layers get their norms and clipped sums from `ghost` (no
+    per-example gradient, no second backward pass); the other variables get
+    their norms from vectorized per-example gradients and their clipped sum
+    from one more backward pass, each example's loss weighted by its clip
+    factor.
 
     Returns:
         `(norms, sums)`: norms of shape `(batch,)` and, per variable, the sum
@@ -80,7 +81,11 @@ def clipped_sum(
         squared += squared_norms(per_example_gradients(tape, losses, others))
     norms = tf.sqrt(squared)
     factors = tf.stop_gradient(clip_factors(norms, l2_norm_clip))
-    sums = tape.gradient(
-        losses, variables, output_gradients=factors, unconnected_gradients=tf.UnconnectedGradients.ZERO
-    )
-    return norms, list(sums)
+    sums = recording.clipped_sums(records, output_grads, factors)
+    rest = [v for v in variables if id(v) not in sums]
+    if rest:
+        zero = tf.UnconnectedGradients.ZERO
+        sums.update(
+            zip(map(id, rest), tape.gradient(losses, rest, output_gradients=factors, unconnected_gradients=zero))
+        )
+    return norms, [sums[id(v)] for v in variables]

@@ -10,12 +10,16 @@ def poisson_batches(
 ) -> tf.data.Dataset:
     """Batches in which every example appears independently with probability `sample_rate`.
 
-    Each of the `steps` batches passes over the whole (finite) dataset and
-    keeps each example with probability `sample_rate`, so batch sizes vary
-    (expected size: `sample_rate * len(dataset)`; a batch may be empty).
-    This is the sampling `keras_clip.privacy.epsilon` assumes. Varying sizes
-    retrace the step for each new size under `jit_compile=True`: compile
-    with `jit_compile=False` or accept the recompiles.
+    Each of the `steps` batches draws one uniform number per example of the
+    (finite) dataset and keeps the examples whose number is below
+    `sample_rate`, so batch sizes vary (expected size: `sample_rate *
+    len(dataset)`; a batch may be empty). This is the sampling
+    `keras_clip.privacy.epsilon` assumes. The dataset is held in memory as
+    one batch (cached), and each step's draw is one vectorized op. Give
+    `PerExampleClip(..., expected_batch_size=round(sample_rate *
+    len(dataset)))` so that the update is divided by the expected size.
+    Under `jit_compile=True` every new batch size compiles the step again:
+    compile with `jit_compile=False` (or accept the recompiles).
 
     Args:
         dataset: tf.data.Dataset of single examples (not batched), finite.
@@ -37,16 +41,14 @@ def poisson_batches(
     size = int(dataset.cardinality())
     if size < 0:
         raise ValueError(
-            "poisson_batches needs a finite dataset of known size (every batch passes over all of it). "
+            "poisson_batches needs a finite dataset of known size (every batch draws from all of it). "
             f"Received: a dataset of cardinality {size}"
         )
+    everything = dataset.batch(max(size, 1)).cache().repeat()
     seeds = tf.data.Dataset.random(seed=seed).take(steps)
 
-    def one_batch(step_seed: tf.Tensor) -> tf.data.Dataset:
-        def keep(index: tf.Tensor, example: object) -> tf.Tensor:
-            return tf.random.stateless_uniform([], seed=tf.stack([step_seed, index])) < sample_rate
+    def sample(step_seed: tf.Tensor, examples: object) -> object:
+        keep = tf.random.stateless_uniform([size], seed=tf.stack([step_seed, 0])) < sample_rate
+        return tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), examples)
 
-        sampled = dataset.enumerate().filter(keep).map(lambda _, example: example)
-        return sampled.batch(max(size, 1))
-
-    return seeds.flat_map(one_batch)
+    return tf.data.Dataset.zip((seeds, everything)).map(sample)
