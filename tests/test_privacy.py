@@ -111,6 +111,12 @@ def test_several_losses_are_refused_at_compile():
         model.compile(optimizer="sgd", loss=["mse"], clipping=kc.PerExampleClip(1.0))
 
 
+def test_batch_normalization_is_refused_at_compile():
+    model = kc.ClippingSequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="batch normalization mixes the examples"):
+        model.compile(optimizer="sgd", loss="mse", clipping=kc.PerExampleClip(1.0))
+
+
 def test_loss_scaling_and_accumulation_are_refused_at_compile():
     model = dp_cases.build_model()
     with pytest.raises(ValueError, match="loss scaling"):

@@ -17,14 +17,22 @@ def check_compiled(model: keras.Model, clip: PerExampleClip) -> None:
     """Refuses, at `compile()`, what per-example clipping cannot do.
 
     Raises:
-        ValueError: For a missing loss or several losses, a loss scaler
-            (mixed precision) or gradient accumulation on the optimizer.
+        ValueError: For a missing loss or several losses, a layer that mixes
+            the examples of a batch (trainable BatchNormalization), a loss
+            scaler (mixed precision) or gradient accumulation on the optimizer.
     """
     loss = getattr(model, "loss", None)
     if loss is None or isinstance(loss, (list, tuple, dict)):
         raise ValueError(
             "PerExampleClip needs one loss (a name, a function or a keras.losses.Loss) that gives one value "
             f"per example; several outputs' losses are not supported. Received: loss={loss!r}"
+        )
+    mixing = [layer.name for layer in model._flatten_layers(include_self=False) if _mixes_examples(layer)]
+    if mixing:
+        raise ValueError(
+            "PerExampleClip needs each example's loss to depend on that example alone, but batch "
+            "normalization mixes the examples of a batch. Use LayerNormalization or GroupNormalization "
+            f"instead. Received: layers {mixing}"
         )
     inner = model.optimizer.inner_optimizer
     if isinstance(inner, keras.optimizers.LossScaleOptimizer):
@@ -38,6 +46,10 @@ def check_compiled(model: keras.Model, clip: PerExampleClip) -> None:
             "micro-batches would add it per micro-batch. Use a larger batch instead. Received: "
             f"gradient_accumulation_steps={model.optimizer.accumulation_steps}"
         )
+
+
+def _mixes_examples(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
 
 
 def per_example_losses(loss: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> tf.Tensor:
