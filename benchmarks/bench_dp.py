@@ -1,9 +1,11 @@
 """What per-example clipping with noise (DP-SGD) costs per training step.
 
 For each model, trains one copy per variant (same architecture, initial
-weights and data; SGD; XLA on): plain `keras.Model` without privacy
-(the baseline), `PerExampleClip` with ghost norms, and `PerExampleClip` with
-vectorized per-example gradients for every layer. Each copy is warmed up (the
+weights and data; SGD; XLA on): plain `keras.Sequential` without privacy
+(the baseline), `ClippingSequential` without clipping (the wrapper's own
+cost), `PerExampleClip` with ghost norms without noise (per-example clipping
+alone) and with noise (sigma = 1), and `PerExampleClip` with vectorized
+per-example gradients for every layer. Each copy is warmed up (the
 first epoch traces and compiles), then interleaved rounds of one `fit()`
 epoch each are timed (`_timing.interleaved`, rotating the order). For every
 variant it prints the median wall-clock and CPU time per step (CPU: all
@@ -34,7 +36,7 @@ from _timing import interleaved, machine_description, ratios, time_epoch  # noqa
 import keras_clip as kc  # noqa: E402
 
 CLASSES = 10
-VARIANTS = ("keras", "dp_ghost", "dp_vectorized")
+VARIANTS = ("keras", "kc_no_clip", "dp_ghost_no_noise", "dp_ghost", "dp_vectorized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,30 +94,32 @@ def build(spec: ModelSpec, variant: str, tiny: bool) -> keras.Model:
     cls = keras.Sequential if variant == "keras" else kc.ClippingSequential
     model = cls([keras.Input(spec.input_shape, dtype=spec.input_dtype), *spec.layers(tiny)])
     kwargs: dict[str, Any] = {}
-    if variant != "keras":
-        kwargs["clipping"] = kc.PerExampleClip(1.0, noise_multiplier=1.0, seed=0, ghost_norms=variant == "dp_ghost")
+    if variant.startswith("dp_"):
+        sigma = 0.0 if variant.endswith("no_noise") else 1.0
+        ghost = variant.startswith("dp_ghost")
+        kwargs["clipping"] = kc.PerExampleClip(1.0, noise_multiplier=sigma, seed=0, ghost_norms=ghost)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", jit_compile=True, **kwargs
     )
     return model
 
 
-def bench_model(spec: ModelSpec, rounds: int, steps: int, tiny: bool) -> list[str]:
+def bench_model(spec: ModelSpec, rounds: int, steps: int, tiny: bool, variants: tuple = VARIANTS) -> list[str]:
     rng = np.random.default_rng(0)
     n = spec.batch_size * steps
     data = (spec.inputs(n, rng), rng.integers(0, CLASSES, (n,)).astype("int32"))
-    models = {v: build(spec, v, tiny) for v in VARIANTS}
+    models = {v: build(spec, v, tiny) for v in variants}
     for model in models.values():
         time_epoch(model, data, spec.batch_size, [])  # traces and compiles
     wall, cpu, load = interleaved(
-        VARIANTS, rounds, lambda v: time_epoch(models[v], data, spec.batch_size, []), rotate=True
+        variants, rounds, lambda v: time_epoch(models[v], data, spec.batch_size, []), rotate=True
     )
     lines = [
         f"{spec.name} (batch {spec.batch_size}, {steps} steps per round, {rounds} rounds, "
         f"load {statistics.median(load):.2f})"
     ]
     lines.append(f"  {'variant':<16}{'wall ms':>9}{'cpu ms':>9}{'cpu ratio':>11}{'min':>7}{'max':>7}")
-    for v in VARIANTS:
+    for v in variants:
         r = ratios(cpu[v], cpu["keras"])
         lines.append(
             f"  {v:<16}{statistics.median(wall[v]) * 1e3:>9.2f}{statistics.median(cpu[v]) * 1e3:>9.2f}"
@@ -129,12 +133,13 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, keras first")
     parser.add_argument("--tiny", action="store_true", help="small models, 2 rounds of 2 steps (smoke test)")
     args = parser.parse_args()
     rounds, steps = (2, 2) if args.tiny else (args.rounds, args.steps)
     print(machine_description())
     for name in args.models.split(","):
-        print("\n".join(bench_model(MODELS[name], rounds, steps, args.tiny)))
+        print("\n".join(bench_model(MODELS[name], rounds, steps, args.tiny, tuple(args.variants.split(",")))))
 
 
 if __name__ == "__main__":
