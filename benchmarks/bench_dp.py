@@ -118,11 +118,11 @@ def bench_model(spec: ModelSpec, rounds: int, steps: int, tiny: bool, variants: 
         f"{spec.name} (batch {spec.batch_size}, {steps} steps per round, {rounds} rounds, "
         f"load {statistics.median(load):.2f})"
     ]
-    lines.append(f"  {'variant':<16}{'wall ms':>9}{'cpu ms':>9}{'cpu ratio':>11}{'min':>7}{'max':>7}")
+    lines.append(f"  {'variant':<20}{'wall ms':>9}{'cpu ms':>9}{'cpu ratio':>11}{'min':>7}{'max':>7}")
     for v in variants:
         r = ratios(cpu[v], cpu["keras"])
         lines.append(
-            f"  {v:<16}{statistics.median(wall[v]) * 1e3:>9.2f}{statistics.median(cpu[v]) * 1e3:>9.2f}"
+            f"  {v:<20}{statistics.median(wall[v]) * 1e3:>9.2f}{statistics.median(cpu[v]) * 1e3:>9.2f}"
             f"{statistics.median(r):>11.2f}{min(r):>7.2f}{max(r):>7.2f}"
         )
     return lines
