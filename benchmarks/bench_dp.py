@@ -134,12 +134,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, keras first")
-    parser.add_argument("--tiny", action="store_true", help="small models, 2 rounds of 2 steps (smoke test)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="small models, keras/dp_ghost/dp_vectorized, 2 rounds of 2 steps (smoke test)",
+    )
     args = parser.parse_args()
     rounds, steps = (2, 2) if args.tiny else (args.rounds, args.steps)
+    variants = ("keras", "dp_ghost", "dp_vectorized") if args.tiny else tuple(args.variants.split(","))
     print(machine_description())
     for name in args.models.split(","):
-        print("\n".join(bench_model(MODELS[name], rounds, steps, args.tiny, tuple(args.variants.split(",")))))
+        print("\n".join(bench_model(MODELS[name], rounds, steps, args.tiny, variants)))
 
 
 if __name__ == "__main__":

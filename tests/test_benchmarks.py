@@ -88,5 +88,5 @@ def test_bench_dp_tiny_prints_every_model_and_variant(runs):
     out = _output(runs, "bench_dp.py")
     for model in ("mlp", "embedding", "conv"):
         assert re.search(rf"^{model} \(batch \d+", out, re.M), out
-    for variant in ("keras", "kc_no_clip", "dp_ghost_no_noise", "dp_ghost", "dp_vectorized"):
+    for variant in ("keras", "dp_ghost", "dp_vectorized"):
         assert len(re.findall(rf"^  {variant} +[\d.]+ +[\d.]+ +[\d.]+", out, re.M)) == 3, out
