@@ -101,3 +101,11 @@ def test_poisson_batches_sample_each_example_independently():
 def test_poisson_batches_refuse_an_infinite_dataset():
     with pytest.raises(ValueError, match="finite dataset"):
         kc.privacy.poisson_batches(tf.data.Dataset.range(3).repeat(), 0.1, steps=2)
+
+
+def test_poisson_batches_keep_features_and_labels_together():
+    x = np.arange(50, dtype="float32")[:, None] * np.ones((1, 3), "float32")
+    examples = tf.data.Dataset.from_tensor_slices((x, np.arange(50)))
+    for features, labels in kc.privacy.poisson_batches(examples, 0.3, steps=5, seed=0):
+        np.testing.assert_array_equal(features.numpy()[:, 0], labels.numpy())
+        assert features.shape[1:] == (3,)
