@@ -13,8 +13,9 @@ model.fit(x, y)   # logs grad_norm, clipped_grad_norm, nonfinite_steps
 
 # First: when this process is the `keras-clip` command, set the backend's log levels before TensorFlow loads.
 import keras_clip._entry  # noqa: F401
-from keras_clip import ops
+from keras_clip import ops, privacy
 from keras_clip.callbacks import GradientNormLogger, GradientSpikeMonitor
+from keras_clip.privacy import PerExampleClip
 from keras_clip.strategies import (
     AdaGC,
     AdaptiveGradClip,
@@ -62,8 +63,10 @@ __all__ = [
     "GradientNormLogger",
     "GradientSpikeMonitor",
     "NonFiniteGradientError",
+    "PerExampleClip",
     "SkipSpikes",
     "ZClip",
     "get",
     "ops",
+    "privacy",
 ]

@@ -31,7 +31,7 @@ def runs():
             stderr=subprocess.PIPE,
             text=True,
         )
-        for script in ("bench_step.py", "bench_logging.py", "adaptive_problems.py")
+        for script in ("bench_step.py", "bench_logging.py", "adaptive_problems.py", "bench_dp.py")
     }
     yield started
     for process in started.values():
@@ -88,3 +88,11 @@ def test_adaptive_problems_tiny_prints_all_three_tables(runs):
     assert list(late) == ["none", "SkipSpikes(window=8, warmup_steps=4)"]
     skipping = late["SkipSpikes(window=8, warmup_steps=4)"]
     assert skipping[-2:] == ["1", "3"]  # the 3 poisoned batches skipped: no harm at all
+
+
+def test_bench_dp_tiny_prints_every_model_and_variant(runs):
+    out = _output(runs, "bench_dp.py")
+    for model in ("mlp", "embedding", "conv"):
+        assert re.search(rf"^{model} \(batch \d+", out, re.M), out
+    for variant in ("keras", "dp_ghost", "dp_vectorized"):
+        assert len(re.findall(rf"^  {variant} +[\d.]+ +[\d.]+ +[\d.]+", out, re.M)) == 3, out

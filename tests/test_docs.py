@@ -33,6 +33,7 @@ def test_notebooks_exist_and_are_stored_without_outputs():
         "01_quickstart.ipynb",
         "02_exploding_rnn_tensorboard.ipynb",
         "03_fixed_vs_adaptive.ipynb",
+        "04_dp_sgd_digits.ipynb",
     ]
     for path in NOTEBOOKS:
         for cell in json.loads(path.read_text())["cells"]:

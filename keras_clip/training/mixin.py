@@ -7,6 +7,8 @@ from typing import Any
 
 import keras
 
+from keras_clip.privacy import step as per_example
+from keras_clip.privacy.clip import PerExampleClip
 from keras_clip.strategies import get as get_strategy
 from keras_clip.strategies.base import ClipStrategy
 from keras_clip.training.multiworker import MultiWorkerTrainer
@@ -87,6 +89,8 @@ class ClippingMixin(MultiWorkerTrainer):
         super().compile(*args, **kwargs)
         with self.distribute_strategy.scope():
             self.optimizer = _wrap(self.optimizer, strategy, policy)
+        if isinstance(strategy, PerExampleClip):
+            per_example.check_compiled(self, strategy)
         self._nonfinite_seen = 0
         self._compile_config.config.update(clipping=strategy, on_nonfinite=policy)
 
@@ -111,9 +115,16 @@ class ClippingMixin(MultiWorkerTrainer):
                 self.optimizer.build(self.trainable_variables)
 
     def train_step(self, data: Any) -> dict[str, Any]:
-        """Keras's step (its update goes through the `ClippingOptimizer`), plus the clip's figures."""
-        logs = super().train_step(data)
+        """Keras's step (its update goes through the `ClippingOptimizer`), plus the clip's figures.
+
+        With a `PerExampleClip`, the step computes, clips and sums per-example
+        gradients instead (`keras_clip.privacy.step.train_step`).
+        """
         optimizer = unwrap(self.optimizer)
+        if optimizer is not None and isinstance(optimizer.clipping, PerExampleClip):
+            logs = per_example.train_step(self, data)
+        else:
+            logs = super().train_step(data)
         if optimizer is None or not optimizer.built:
             return logs
         return {**logs, **optimizer.report().logs()}

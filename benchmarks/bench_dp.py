@@ -1,0 +1,151 @@
+"""What per-example clipping with noise (DP-SGD) costs per training step.
+
+For each model, trains one copy per variant (same architecture, initial
+weights and data; SGD; XLA on): plain `keras.Sequential` without privacy
+(the baseline), `ClippingSequential` without clipping (the wrapper's own
+cost), `PerExampleClip` with ghost norms without noise (per-example clipping
+alone) and with noise (sigma = 1), and `PerExampleClip` with vectorized
+per-example gradients for every layer. Each copy is warmed up (the
+first epoch traces and compiles), then interleaved rounds of one `fit()`
+epoch each are timed (`_timing.interleaved`, rotating the order). For every
+variant it prints the median wall-clock and CPU time per step (CPU: all
+threads of this process) and the median, min and max over the rounds of the
+CPU-time ratio to the baseline timed in the same round. No figure is
+asserted: this script measures.
+
+    python benchmarks/bench_dp.py                   # every model (a few minutes)
+    python benchmarks/bench_dp.py --models mlp --rounds 9
+    python benchmarks/bench_dp.py --tiny            # smoke test, < 60 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from _timing import interleaved, machine_description, ratios, time_epoch  # noqa: E402
+
+import keras_clip as kc  # noqa: E402
+
+CLASSES = 10
+VARIANTS = ("keras", "kc_no_clip", "dp_ghost_no_noise", "dp_ghost", "dp_vectorized")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A benchmark model: its layers (after the input), its input, its batch size."""
+
+    name: str
+    layers: Callable[[bool], list[keras.layers.Layer]]
+    inputs: Callable[[int, np.random.Generator], np.ndarray]
+    input_shape: tuple
+    input_dtype: str
+    batch_size: int
+
+
+def _mlp(tiny: bool) -> list[keras.layers.Layer]:
+    width = 32 if tiny else 256
+    return [
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(CLASSES),
+    ]
+
+
+def _embedding(tiny: bool) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.Embedding(200 if tiny else 5000, 16 if tiny else 64),
+        keras.layers.Dense(16 if tiny else 64, activation="relu"),  # on each of the positions
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(CLASSES),
+    ]
+
+
+def _conv(tiny: bool) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.Conv2D(4 if tiny else 16, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(CLASSES),
+    ]
+
+
+MODELS = {
+    "mlp": ModelSpec("mlp", _mlp, lambda n, rng: rng.normal(size=(n, 64)).astype("float32"), (64,), "float32", 256),
+    "embedding": ModelSpec(
+        "embedding", _embedding, lambda n, rng: rng.integers(0, 200, (n, 32)).astype("int32"), (32,), "int32", 256
+    ),
+    "conv": ModelSpec(
+        "conv", _conv, lambda n, rng: rng.normal(size=(n, 16, 16, 1)).astype("float32"), (16, 16, 1), "float32", 64
+    ),
+}
+
+
+def build(spec: ModelSpec, variant: str, tiny: bool) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    cls = keras.Sequential if variant == "keras" else kc.ClippingSequential
+    model = cls([keras.Input(spec.input_shape, dtype=spec.input_dtype), *spec.layers(tiny)])
+    kwargs: dict[str, Any] = {}
+    if variant.startswith("dp_"):
+        sigma = 0.0 if variant.endswith("no_noise") else 1.0
+        ghost = variant.startswith("dp_ghost")
+        kwargs["clipping"] = kc.PerExampleClip(1.0, noise_multiplier=sigma, seed=0, ghost_norms=ghost)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", jit_compile=True, **kwargs
+    )
+    return model
+
+
+def bench_model(spec: ModelSpec, rounds: int, steps: int, tiny: bool, variants: tuple = VARIANTS) -> list[str]:
+    rng = np.random.default_rng(0)
+    n = spec.batch_size * steps
+    data = (spec.inputs(n, rng), rng.integers(0, CLASSES, (n,)).astype("int32"))
+    models = {v: build(spec, v, tiny) for v in variants}
+    for model in models.values():
+        time_epoch(model, data, spec.batch_size, [])  # traces and compiles
+    wall, cpu, load = interleaved(
+        variants, rounds, lambda v: time_epoch(models[v], data, spec.batch_size, []), rotate=True
+    )
+    lines = [
+        f"{spec.name} (batch {spec.batch_size}, {steps} steps per round, {rounds} rounds, "
+        f"load {statistics.median(load):.2f})"
+    ]
+    lines.append(f"  {'variant':<20}{'wall ms':>9}{'cpu ms':>9}{'cpu ratio':>11}{'min':>7}{'max':>7}")
+    for v in variants:
+        r = ratios(cpu[v], cpu["keras"])
+        lines.append(
+            f"  {v:<20}{statistics.median(wall[v]) * 1e3:>9.2f}{statistics.median(cpu[v]) * 1e3:>9.2f}"
+            f"{statistics.median(r):>11.2f}{min(r):>7.2f}{max(r):>7.2f}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, keras first")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="small models, keras/dp_ghost/dp_vectorized, 2 rounds of 2 steps (smoke test)",
+    )
+    args = parser.parse_args()
+    rounds, steps = (2, 2) if args.tiny else (args.rounds, args.steps)
+    variants = ("keras", "dp_ghost", "dp_vectorized") if args.tiny else tuple(args.variants.split(","))
+    print(machine_description())
+    for name in args.models.split(","):
+        print("\n".join(bench_model(MODELS[name], rounds, steps, args.tiny, variants)))
+
+
+if __name__ == "__main__":
+    main()
