@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 
@@ -50,7 +50,7 @@ class NonFinitePolicy:
 
     def prepare(
         self, grads: Sequence[ops.Gradient], *, overflow: bool = False
-    ) -> tuple[list[ops.Gradient], tf.Tensor, tf.Tensor]:
+    ) -> tuple[list[ops.Gradient], Any, Any]:
         """Checks a gradient and applies the policy's repair.
 
         Args:
@@ -65,9 +65,9 @@ class NonFinitePolicy:
         if overflow:
             return list(grads), finite, finite
         if self.name == "zero":
-            return [ops.zero_nonfinite(g) for g in grads], finite, tf.constant(True)
+            return [ops.zero_nonfinite(g) for g in grads], finite, K.convert_to_tensor(True)
         if self.name == "propagate":
-            return list(grads), finite, tf.constant(True)
+            return list(grads), finite, K.convert_to_tensor(True)
         return list(grads), finite, finite
 
     def __repr__(self) -> str:
