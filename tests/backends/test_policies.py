@@ -82,3 +82,72 @@ def test_figures_in_history_and_report():
     report = model.optimizer.report()
     assert float(K.convert_to_numpy(report.clipped_grad_norm)) == pytest.approx(1.0)
     assert float(K.convert_to_numpy(report.figures["threshold"])) == 1.0
+
+
+def test_sequential_and_a_subclassed_mixin_model():
+    x, y = _data(False)
+    sequential = kc.ClippingSequential([keras.Input((3,)), keras.layers.Dense(1)])
+    sequential.compile(optimizer="sgd", loss="mse", clipping=kc.ClipByGlobalNorm(0.5))
+
+    class Net(kc.ClippingMixin, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = Net()
+    net.compile(optimizer="sgd", loss="mse", clipping=kc.ClipByGlobalNorm(0.5))
+    for model in (sequential, net):
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+        assert history.history["clipped_grad_norm"] == pytest.approx([0.5, 0.5])
+
+
+def test_a_custom_train_step_through_apply():
+    """PyTorch and TensorFlow: a step of one's own hands its gradients to `optimizer.apply`.
+
+    JAX's own step is stateless: docs/custom-steps.md's example, run by tests/test_docs_jax_step.py.
+    """
+    gradients = _gradient_function()
+
+    class Own(keras.Model):
+        def train_step(self, *args):
+            if keras.backend.backend() == "jax":
+                return super().train_step(*args)
+            x, y = args[0]
+            grads, loss = gradients(self, x, y)
+            self.optimizer.apply(grads, self.trainable_variables)
+            return {"loss": loss, **self.optimizer.report().logs()}
+
+    inputs = keras.Input((3,))
+    model = Own(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=kc.ClippingOptimizer(keras.optimizers.SGD(0.1), kc.ClipByGlobalNorm(0.5)), loss="mse")
+    model.fit(*_data(False), batch_size=4, epochs=2, verbose=0)
+    report = model.optimizer.report()
+    assert float(K.convert_to_numpy(report.grad_norm)) > 0.5
+    assert float(K.convert_to_numpy(report.clipped_grad_norm)) == pytest.approx(0.5)
+    assert _iterations(model) == 2
+
+
+def _gradient_function():
+    backend = keras.backend.backend()
+    if backend == "torch":
+
+        def torch_gradients(model, x, y):
+            model.zero_grad()
+            loss = model.compute_loss(x, y, model(x, training=True))
+            loss.backward()
+            return [v.value.grad for v in model.trainable_variables], loss
+
+        return torch_gradients
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def tf_gradients(model, x, y):
+            with tf.GradientTape() as tape:
+                loss = model.compute_loss(x, y, model(x, training=True))
+            return tape.gradient(loss, model.trainable_variables), loss
+
+        return tf_gradients
+    return None
