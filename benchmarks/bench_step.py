@@ -20,6 +20,7 @@ resident memory.
     python benchmarks/bench_step.py --models mlp --spe 1 --rounds 15
     python benchmarks/bench_step.py --variants keras,kc,kc_propagate --no-memory
     python benchmarks/bench_step.py --tiny                # smoke test, < 60 s
+    python benchmarks/bench_step.py --backend jax         # ClipByGlobalNorm vs plain Keras on JAX (or torch)
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if "--backend" in sys.argv[:-1] and sys.argv[sys.argv.index("--backend") + 1] != "tensorflow":
+    # Another backend: its own, TensorFlow-free comparison (set before Keras is imported).
+    os.environ["KERAS_BACKEND"] = sys.argv[sys.argv.index("--backend") + 1]
+    import _bench_backend
+
+    _bench_backend.main()
+    sys.exit(0)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -427,6 +435,7 @@ def parse_args() -> argparse.Namespace:
         "--memory-models", default="mlp", help="models of the memory pass, comma-separated or 'all' (default: mlp)"
     )
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny models, spe 1, 2 rounds, < 60 s")
+    parser.add_argument("--backend", default="tensorflow", help="tensorflow (default), jax or torch")
     parser.add_argument("--json", help="also write the raw measurements to this file")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -23,6 +23,8 @@ import tempfile
 from typing import Sequence
 
 VERBOSE_FLAG = "--verbose"
+BACKEND_FLAG = "--backend"
+BACKENDS = ("tensorflow", "jax", "torch")
 COMMAND_NAMES = ("keras-clip", "keras-clip.exe")
 MODULE = "keras_clip"
 # A line of TensorFlow's C++ logging: absl's "I0000 00:00:1796131337.422687    6046 port.cc:153] ..." (and the
@@ -79,15 +81,26 @@ def configure(argv: Sequence[str] | None = None, orig_argv: Sequence[str] | None
     orig_argv = getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv
     if not is_command(argv, orig_argv):
         return False
+    _choose_backend(argv[1:])
     if VERBOSE_FLAG in argv[1:]:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         return True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
-    if "tensorflow" not in sys.modules:
+    if "tensorflow" not in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
         _import_without_backend_logs()
     return True
+
+
+def _choose_backend(args: Sequence[str]) -> None:
+    """`--backend NAME` (or `--backend=NAME`) sets `KERAS_BACKEND` before Keras is imported."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == BACKEND_FLAG and i + 1 < len(args) else None
+        if arg.startswith(BACKEND_FLAG + "="):
+            value = arg.split("=", 1)[1]
+        if value in BACKENDS:
+            os.environ["KERAS_BACKEND"] = value
 
 
 def _import_without_backend_logs() -> None:

@@ -1,41 +1,73 @@
-"""Pure numerics for gradient clipping.
+"""Pure numerics for gradient clipping, written once in `keras.ops`.
 
-Every function here takes and returns TensorFlow values, works eagerly, inside
-`tf.function` and under XLA, and accepts `tf.IndexedSlices` (the gradient of an
-`Embedding`) without turning it into a dense tensor. Norms are accumulated in
-float32 even for float16/bfloat16 gradients so that squares do not overflow.
+Every function here takes and returns the active backend's tensors
+(TensorFlow, JAX or PyTorch), works eagerly and compiled (`tf.function`,
+XLA, `jax.jit`). On TensorFlow it also accepts `tf.IndexedSlices` (the
+gradient of an `Embedding`) without turning it into a dense tensor; that
+path, and TensorFlow's XLA reduction layout, live in `keras_clip._tf_ops`,
+imported only on TensorFlow. Norms are accumulated in float32 even for
+float16/bfloat16 gradients so that squares do not overflow.
 
 Example:
 
 ```python
-import tensorflow as tf
+from keras import ops as K
 from keras_clip import ops
 
-g = [tf.constant([3.0, 4.0]), tf.constant([[12.0]])]
+g = [K.convert_to_tensor([3.0, 4.0]), K.convert_to_tensor([[12.0]])]
 ops.global_norm(g)                  # 13.0
-ops.scale(g[0], tf.constant(0.5))   # [1.5, 2.0]
+ops.scale(g[0], 0.5)                # [1.5, 2.0]
 ```
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
-import tensorflow as tf
+import keras
+from keras import ops as K
 
-try:  # Private modules, but the only way to tell that ops are being built for XLA.
-    from tensorflow.python.framework import ops as _tf_ops
-    from tensorflow.python.ops import control_flow_util as _control_flow_util
-except ImportError:  # pragma: no cover - moved in some TensorFlow version
-    _control_flow_util = None
+if keras.backend.backend() == "tensorflow":
+    from keras_clip import _tf_ops
+else:
+    _tf_ops = None
 
-Gradient = Union[tf.Tensor, tf.IndexedSlices]
+# A backend tensor, or on TensorFlow a `tf.IndexedSlices`.
+Gradient = Any
+Tensor = Any
 NormType = Union[int, float, str]
 
 _NORM_TYPES = (1.0, 2.0, math.inf)
-# Under XLA a sum of squares first sums rows of this many entries (see `sum_of_squares`).
-_ROW = 8
+
+
+def wide(dtype: str) -> str:
+    """`"int64"`/`"float64"` where the backend has them, else the 32-bit type.
+
+    JAX runs without 64-bit types unless `jax_enable_x64` is set; counters and
+    the recorder's buffer then use int32 and float32.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return {"int64": "int32", "float64": "float32"}.get(dtype, dtype)
+    return dtype
+
+
+def is_slices(grad: Gradient) -> bool:
+    """Whether a gradient is a `tf.IndexedSlices` (always False off TensorFlow)."""
+    return _tf_ops is not None and _tf_ops.is_slices(grad)
+
+
+def gather_rows(x: Tensor, grad: Gradient) -> Tensor:
+    """The rows of `x` that a `tf.IndexedSlices` gradient holds."""
+    return _tf_ops.gather_rows(x, grad)
+
+
+def constant(value: float, dtype: str = "float32") -> Tensor:
+    """A scalar tensor of the active backend."""
+    return K.convert_to_tensor(value, dtype=dtype)
 
 
 def canonical_norm_type(norm_type: NormType, name: str = "norm_type") -> float:
@@ -61,22 +93,26 @@ def canonical_norm_type(norm_type: NormType, name: str = "norm_type") -> float:
     return float(value)
 
 
-def values_of(grad: Gradient) -> tf.Tensor:
+def values_of(grad: Gradient) -> Tensor:
     """Returns the tensor holding a gradient's numbers (`values` for slices)."""
-    return grad.values if isinstance(grad, tf.IndexedSlices) else grad
+    return grad.values if is_slices(grad) else grad
 
 
-def dense_size(grad: Gradient) -> tf.Tensor:
+def dense_size(grad: Gradient) -> Tensor:
     """How many entries the gradient's dense value has (float32; all rows for slices)."""
-    shape = grad.dense_shape if isinstance(grad, tf.IndexedSlices) else tf.shape(grad)
-    return tf.cast(tf.reduce_prod(shape), tf.float32)
+    if is_slices(grad):
+        return _tf_ops.dense_size(grad)
+    return K.cast(K.size(grad), "float32")
 
 
-def with_values(grad: Gradient, values: tf.Tensor) -> Gradient:
+def with_values(grad: Gradient, values: Tensor) -> Gradient:
     """Returns `grad` with its numbers replaced by `values` (same kind)."""
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
-    return values
+    return _tf_ops.with_values(grad, values) if is_slices(grad) else values
+
+
+def densify(grad: Gradient, shape: Sequence[int]) -> Tensor:
+    """The dense value of a gradient of a variable of this shape (slices summed into rows)."""
+    return _tf_ops.densify(grad, shape[0]) if is_slices(grad) else grad
 
 
 def deduplicate(grad: Gradient) -> Gradient:
@@ -87,7 +123,7 @@ def deduplicate(grad: Gradient) -> Gradient:
     clips must see the summed rows. Shapes stay static (sort + segment sum, no
     `tf.unique`), so this compiles under XLA. Unused trailing rows are zero and
     point at a valid index, which leaves the dense value unchanged. Dense
-    tensors are returned as they are.
+    tensors (every gradient on JAX and PyTorch) are returned as they are.
 
     Args:
         grad: Tensor or IndexedSlices.
@@ -95,79 +131,59 @@ def deduplicate(grad: Gradient) -> Gradient:
     Returns:
         A gradient with the same dense value and no repeated index.
     """
-    if not isinstance(grad, tf.IndexedSlices):
-        return grad
-    indices = grad.indices
-    count = tf.shape(indices)[0]
-    order = tf.argsort(indices, stable=True)
-    sorted_indices = tf.gather(indices, order)
-    is_new = tf.concat(
-        [tf.zeros([1], tf.int32), tf.cast(sorted_indices[1:] != sorted_indices[:-1], tf.int32)],
-        axis=0,
-    )[:count]
-    segment = tf.cumsum(is_new)
-    values = tf.math.unsorted_segment_sum(tf.gather(grad.values, order), segment, count)
-    first = tf.math.unsorted_segment_max(sorted_indices, segment, count)
-    used = tf.range(count) <= tf.reduce_max(segment)
-    fallback = tf.gather(sorted_indices, tf.zeros([count], tf.int32))
-    new_indices = tf.where(used, first, fallback)
-    return tf.IndexedSlices(values, new_indices, grad.dense_shape)
+    return _tf_ops.deduplicate(grad) if is_slices(grad) else grad
 
 
-def sum_of_squares(grad: Gradient) -> tf.Tensor:
+def sum_of_squares(grad: Gradient) -> Tensor:
     """Squared L2 norm of one gradient, as a float32 scalar.
 
-    Traced for XLA, the entries are summed in two stages: rows of 8 first,
-    then the row sums (the same sum, up to float32 rounding). XLA:CPU does not fuse
-    an elementwise square into a full reduction: `reduce_sum(square(g))`
-    writes `g**2` to memory, then reduces it through 32 x 32 reduce-windows.
-    Summing rows of 8 is one loop fusion (square and add, the gradient read
-    once) and the row sums, an eighth of the size, go to a library reduction;
-    the step's norm costs about a third (`benchmarks/profile_step.py`). The
-    `abs` between the stages, a no-op on sums of squares (NaN and inf pass
-    through), keeps XLA from merging them back into one reduction. Outside
-    XLA, TensorFlow's own kernels are faster with one reduction.
+    On TensorFlow under XLA the entries are summed in two stages, rows of 8
+    first (the same sum up to float32 rounding, about a third of the cost:
+    see `keras_clip._tf_ops.row_sum_of_squares`).
 
     Args:
         grad: Tensor or IndexedSlices (already deduplicated).
     """
-    values = tf.cast(values_of(grad), tf.float32)
-    if _in_xla() and _divisible(values.shape, _ROW):
-        rows = tf.reduce_sum(tf.square(tf.reshape(values, [-1, _ROW])), axis=1)
-        return tf.reduce_sum(tf.abs(rows))
-    return tf.reduce_sum(tf.square(values))
+    values = K.cast(values_of(grad), "float32")
+    if _tf_ops is not None:
+        rows = _tf_ops.row_sum_of_squares(values)
+        if rows is not None:
+            return rows
+    return K.sum(K.square(values))
 
 
-def _divisible(shape: tf.TensorShape, row: int) -> bool:
-    # Fully known size, or (slices) an unknown number of rows of a known width.
-    size = shape.num_elements() if shape.is_fully_defined() else (shape[-1] if shape.rank else None)
-    return bool(size) and size % row == 0
-
-
-def _in_xla() -> bool:
-    """Whether the ops being built will be compiled by XLA (e.g. in a `jit_compile=True` function)."""
-    if _control_flow_util is None:
-        return False
-    return bool(_control_flow_util.GraphOrParentsInXlaContext(_tf_ops.get_default_graph()))
-
-
-def norm(grad: Gradient, norm_type: float = 2.0) -> tf.Tensor:
+def norm(grad: Gradient, norm_type: float = 2.0) -> Tensor:
     """The 1-, 2- or inf-norm of one gradient as a flat vector (float32).
 
     Args:
         grad: Tensor or IndexedSlices (already deduplicated).
         norm_type: Float. `1.0`, `2.0` or `math.inf`.
     """
-    values = tf.abs(tf.cast(values_of(grad), tf.float32))
+    values = K.abs(K.cast(values_of(grad), "float32"))
     if norm_type == 1.0:
-        return tf.reduce_sum(values)
+        return K.sum(values)
     if norm_type == math.inf:
+        if _static_size(values) == 0:
+            return constant(0.0)
         # The maximum with 0 turns the -inf of an empty tensor into 0.
-        return tf.maximum(tf.reduce_max(values), 0.0)
-    return tf.sqrt(tf.reduce_sum(tf.square(values)))
+        return K.maximum(K.max(values), 0.0)
+    return K.sqrt(K.sum(K.square(values)))
 
 
-def combine_norms(norms: Sequence[tf.Tensor], norm_type: float = 2.0) -> tf.Tensor:
+def _static_size(x: Tensor) -> int | None:
+    shape = tuple(x.shape)
+    return None if any(d is None for d in shape) else math.prod(shape)
+
+
+def add_n(scalars: Sequence[Tensor]) -> Tensor:
+    """The sum of scalars, left to right (as `tf.add_n`)."""
+    total = scalars[0]
+    for s in scalars[1:]:
+        total = total + s
+    return total
+
+
+def combine_norms(norms: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
     """Combines per-tensor norms into the norm of all tensors as one vector.
 
     For L2, the norms are divided by the largest before squaring, so norms
@@ -178,20 +194,20 @@ def combine_norms(norms: Sequence[tf.Tensor], norm_type: float = 2.0) -> tf.Tens
         norm_type: Float. `1.0`, `2.0` or `math.inf`.
     """
     if not norms:
-        return tf.constant(0.0)
-    stacked = tf.stack(list(norms))
+        return constant(0.0)
+    stacked = K.stack(list(norms))
     if norm_type == 1.0:
-        return tf.reduce_sum(stacked)
+        return K.sum(stacked)
     if norm_type == math.inf:
-        return tf.reduce_max(stacked)
-    largest = tf.reduce_max(stacked)
-    safe = tf.where(tf.math.is_finite(largest) & (largest > 0), largest, tf.ones_like(largest))
-    combined = safe * tf.sqrt(tf.reduce_sum(tf.square(stacked / safe)))
-    # NaN anywhere stays NaN (reduce_max may drop it); inf stays inf.
-    return tf.where(tf.reduce_any(tf.math.is_nan(stacked)), tf.constant(math.nan), combined)
+        return K.max(stacked)
+    largest = K.max(stacked)
+    safe = K.where(K.isfinite(largest) & (largest > 0), largest, K.ones_like(largest))
+    combined = safe * K.sqrt(K.sum(K.square(stacked / safe)))
+    # NaN anywhere stays NaN (a max may drop it); inf stays inf.
+    return K.where(K.any(K.isnan(stacked)), constant(math.nan), combined)
 
 
-def global_norm(grads: Sequence[Gradient | None], norm_type: float = 2.0) -> tf.Tensor:
+def global_norm(grads: Sequence[Gradient | None], norm_type: float = 2.0) -> Tensor:
     """Norm of all gradients concatenated into one vector; `None` is skipped.
 
     The L2 norm is overflow-safe (see `l2_norms`).
@@ -209,24 +225,24 @@ def global_norm(grads: Sequence[Gradient | None], norm_type: float = 2.0) -> tf.
     return combine_norms([norm(g, norm_type) for g in present], norm_type)
 
 
-def root_sum_squares(squares: Sequence[tf.Tensor]) -> tf.Tensor:
+def root_sum_squares(squares: Sequence[Tensor]) -> Tensor:
     """`sqrt(sum(squares))`, 0 for an empty sequence: an L2 norm from squared parts.
 
     Args:
         squares: Sequence of float32 scalars (or broadcastable tensors), each a
             squared L2 norm of a part of one vector.
     """
-    return tf.sqrt(tf.add_n(list(squares))) if squares else tf.constant(0.0)
+    return K.sqrt(add_n(list(squares))) if squares else constant(0.0)
 
 
-def l2_norms(grads: Sequence[Gradient]) -> tuple[list[tf.Tensor], tf.Tensor]:
+def l2_norms(grads: Sequence[Gradient]) -> tuple[list[Tensor], Tensor]:
     """The L2 norm of each gradient and of all of them, overflow-safe.
 
     A float32 sum of squares overflows once an entry passes ~1.8e19, although
     the norm itself (up to ~3.4e38) is representable. The plain sums are
     computed first; only when their total is `inf` are the norms computed
     again from the gradients divided by their largest magnitude, inside a
-    `tf.cond`, so the usual step pays one scalar test (XLA runs only the
+    `keras.ops.cond`, so the usual step pays one scalar test (XLA runs only the
     branch taken). A gradient holding an `inf` still has norm `inf`, and one
     holding a NaN norm NaN.
 
@@ -240,32 +256,34 @@ def l2_norms(grads: Sequence[Gradient]) -> tuple[list[tf.Tensor], tf.Tensor]:
     """
     grads = list(grads)
     if not grads:
-        return [], tf.constant(0.0)
+        return [], constant(0.0)
     squares = [sum_of_squares(g) for g in grads]
-    total = tf.add_n(squares)
+    total = add_n(squares)
 
-    def plain() -> list[tf.Tensor]:
-        return [tf.sqrt(s) for s in squares] + [tf.sqrt(total)]
+    def plain() -> list[Tensor]:
+        return [K.sqrt(s) for s in squares] + [K.sqrt(total)]
 
-    def rescaled() -> list[tf.Tensor]:
+    def rescaled() -> list[Tensor]:
         norms = [_rescaled_norm(g) for g in grads]
         return norms + [combine_norms(norms)]
 
-    result = tf.cond(tf.math.is_inf(total), rescaled, plain)
+    result = K.cond(K.isinf(total), rescaled, plain)
     return list(result[:-1]), result[-1]
 
 
-def _rescaled_norm(grad: Gradient) -> tf.Tensor:
+def _rescaled_norm(grad: Gradient) -> Tensor:
     """`m * ||g / m||` with `m = max |g|`: the L2 norm without overflowing squares."""
-    values = tf.abs(tf.cast(values_of(grad), tf.float32))
-    largest = tf.reduce_max(values)  # -inf when empty: then the plain formula gives 0.
-    safe = tf.where(tf.math.is_finite(largest) & (largest > 0), largest, tf.ones_like(largest))
-    rescaled = safe * tf.sqrt(tf.reduce_sum(tf.square(values / safe)))
+    values = K.abs(K.cast(values_of(grad), "float32"))
+    if _static_size(values) == 0:
+        return constant(0.0)
+    largest = K.max(values)
+    safe = K.where(K.isfinite(largest) & (largest > 0), largest, K.ones_like(largest))
+    rescaled = safe * K.sqrt(K.sum(K.square(values / safe)))
     # An inf entry gives inf (inf / 1 squared); zero and NaN pass through the plain formula.
-    return tf.where(largest > 0, rescaled, tf.sqrt(tf.reduce_sum(tf.square(values))))
+    return K.where(largest > 0, rescaled, K.sqrt(K.sum(K.square(values))))
 
 
-def clip_factor(current_norm: tf.Tensor, max_norm: tf.Tensor | float) -> tf.Tensor:
+def clip_factor(current_norm: Tensor, max_norm: Tensor | float) -> Tensor:
     """The factor that brings `current_norm` down to `max_norm`, else 1.
 
     Equals `max_norm / current_norm` when `current_norm > max_norm` and 1
@@ -276,12 +294,12 @@ def clip_factor(current_norm: tf.Tensor, max_norm: tf.Tensor | float) -> tf.Tens
         current_norm: Float32 scalar tensor.
         max_norm: Float or float32 scalar tensor.
     """
-    max_norm = tf.cast(max_norm, current_norm.dtype)
-    safe = tf.where(current_norm > max_norm, current_norm, tf.ones_like(current_norm))
-    return tf.where(current_norm > max_norm, max_norm / safe, tf.ones_like(current_norm))
+    max_norm = K.cast(max_norm, current_norm.dtype)
+    safe = K.where(current_norm > max_norm, current_norm, K.ones_like(current_norm))
+    return K.where(current_norm > max_norm, max_norm / safe, K.ones_like(current_norm))
 
 
-def scale(grad: Gradient, factor: tf.Tensor) -> Gradient:
+def scale(grad: Gradient, factor: Tensor | float) -> Gradient:
     """Multiplies a gradient by a factor, keeping its kind and dtype.
 
     float16 and bfloat16 gradients are multiplied in float32 and cast back:
@@ -295,12 +313,13 @@ def scale(grad: Gradient, factor: tf.Tensor) -> Gradient:
             gradient's values (per-unit factors).
     """
     values = values_of(grad)
-    compute = tf.float32 if values.dtype in (tf.float16, tf.bfloat16) else values.dtype
-    product = tf.cast(values, compute) * tf.cast(factor, compute)
-    return with_values(grad, tf.cast(product, values.dtype))
+    dtype = keras.backend.standardize_dtype(values.dtype)
+    compute = "float32" if dtype in ("float16", "bfloat16") else dtype
+    product = K.cast(values, compute) * K.cast(factor, compute)
+    return with_values(grad, K.cast(product, dtype))
 
 
-def clip_values(grad: Gradient, clip_value: tf.Tensor | float) -> Gradient:
+def clip_values(grad: Gradient, clip_value: Tensor | float) -> Gradient:
     """Clips every entry of a gradient to `[-clip_value, clip_value]`.
 
     Args:
@@ -308,20 +327,20 @@ def clip_values(grad: Gradient, clip_value: tf.Tensor | float) -> Gradient:
         clip_value: Positive float.
     """
     values = values_of(grad)
-    bound = tf.cast(clip_value, values.dtype)
-    return with_values(grad, tf.clip_by_value(values, -bound, bound))
+    bound = K.cast(clip_value, values.dtype)
+    return with_values(grad, K.minimum(K.maximum(values, -bound), bound))
 
 
 def zero_nonfinite(grad: Gradient) -> Gradient:
     """Replaces NaN and +-inf entries of a gradient by zero."""
     values = values_of(grad)
-    return with_values(grad, tf.where(tf.math.is_finite(values), values, tf.zeros_like(values)))
+    return with_values(grad, K.where(K.isfinite(values), values, K.zeros_like(values)))
 
 
-def all_finite(grads: Sequence[Gradient | None]) -> tf.Tensor:
+def all_finite(grads: Sequence[Gradient | None]) -> Tensor:
     """True when no gradient holds a NaN or an infinity (a boolean scalar)."""
-    checks = [tf.reduce_all(tf.math.is_finite(values_of(g))) for g in grads if g is not None]
-    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+    checks = [K.all(K.isfinite(values_of(g))) for g in grads if g is not None]
+    return K.all(K.stack(checks)) if checks else K.convert_to_tensor(True)
 
 
 def default_unit_axes(rank: int) -> tuple[int, ...]:
@@ -346,7 +365,7 @@ def canonical_axes(axis: int | Sequence[int], rank: int) -> tuple[int, ...]:
     return tuple(sorted({a % rank for a in axes}))
 
 
-def unitwise_norm(x: tf.Tensor, axis: int | Sequence[int] | None = None) -> tf.Tensor:
+def unitwise_norm(x: Tensor, axis: int | Sequence[int] | None = None) -> Tensor:
     """L2 norm of each unit, broadcastable against `x` (float32).
 
     Args:
@@ -356,18 +375,17 @@ def unitwise_norm(x: tf.Tensor, axis: int | Sequence[int] | None = None) -> tf.T
             `default_unit_axes(rank)`, all axes but the last for rank >= 2,
             the whole tensor for rank <= 1.
 
-    Under XLA, with the default axes, each unit's entries are summed in groups
-    of 8 rows first, for the reason given in `sum_of_squares`.
+    On TensorFlow under XLA, with the default axes, each unit's entries are
+    summed in groups of 8 rows first, for the reason given in `sum_of_squares`.
     """
-    x = tf.cast(x, tf.float32)
-    rank = x.shape.rank
+    x = K.cast(x, "float32")
+    rank = len(x.shape)
     default = default_unit_axes(rank)
     axes = default if axis is None else canonical_axes(axis, rank)
     if rank <= 1 and axes == default:
-        return tf.sqrt(sum_of_squares(x))
-    units, rows = x.shape[-1], x.shape[:-1].num_elements()
-    if axes == default and _in_xla() and units is not None and rows and rows % _ROW == 0:
-        groups = tf.reduce_sum(tf.square(tf.reshape(x, [-1, _ROW, units])), axis=1)
-        squares = tf.reduce_sum(tf.abs(groups), axis=0)
-        return tf.sqrt(tf.reshape(squares, [1] * (rank - 1) + [units]))
-    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=list(axes), keepdims=True))
+        return K.sqrt(sum_of_squares(x))
+    if axes == default and _tf_ops is not None:
+        squares = _tf_ops.row_unit_squares(x, rank)
+        if squares is not None:
+            return K.sqrt(squares)
+    return K.sqrt(K.sum(K.square(x), axis=list(axes), keepdims=True))

@@ -248,3 +248,21 @@ def test_lr_sweep_small(tmp_path, capsys):
     assert outcome[(0.001, "none")] != "diverged"
     assert outcome[(0.3, "ClipByGlobalNorm(1)")] != "diverged"
     assert _valid_png(logdir / "lr_sweep.png")[0] > 300
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [(["demo", "--backend", "jax"], "jax"), (["demo", "--backend=torch"], "torch"), (["demo"], None)],
+)
+def test_backend_flag_sets_keras_backend_before_keras_loads(monkeypatch, argv, expected):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    _entry._choose_backend(argv)
+    assert os.environ.get("KERAS_BACKEND") == expected
+
+
+def test_demo_backend_flag_is_parsed():
+    from keras_clip.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "--backend", "jax"]).backend == "jax"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--backend", "mxnet"])

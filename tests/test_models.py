@@ -176,18 +176,6 @@ def test_compile_bad_arguments_fail_before_changing_the_model():
     assert model.optimizer is optimizer and isinstance(model.clipping, kc.ClipByValue)
 
 
-def test_other_backends_get_a_clear_error(monkeypatch):
-    import importlib
-
-    import keras_clip.training
-
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(ImportError, match="Set the environment variable KERAS_BACKEND=tensorflow"):
-        importlib.reload(keras_clip.training)
-    monkeypatch.undo()
-    importlib.reload(keras_clip.training)
-
-
 def test_functional_and_subclassed_clipping_models_in_one_process_in_either_order(small_data):
     class Net(kc.ClippingModel):
         def __init__(self):

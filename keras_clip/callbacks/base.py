@@ -56,7 +56,7 @@ class RecordingCallback(keras.callbacks.Callback):
         retrace = False
         for _, optimizer in self._optimizers:
             recorder = recorder_lib.attach(
-                optimizer, self.model.distribute_strategy, size, per_variable=self._per_variable,
+                optimizer, getattr(self.model, "distribute_strategy", None), size, per_variable=self._per_variable,
                 gradients=self._gradients,
             )
             if recorder is not None:
@@ -78,6 +78,10 @@ class RecordingCallback(keras.callbacks.Callback):
 
     def _new_steps(self, latest_only: bool = False) -> list[tuple[str, recorder_lib.RecordedStep]]:
         found = []
+        # JAX's trainer keeps the step's new values in its own state: write them to the variables first.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
         for prefix, optimizer in self._optimizers:
             if optimizer.recorder is None:
                 continue

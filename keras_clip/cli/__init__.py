@@ -114,6 +114,12 @@ def _add_demo(commands: Any) -> None:
         ),
     )
     _add_common(demo, "runs/demo", "the TensorBoard logs, demo.png and results.json", 50)
+    demo.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        default=None,
+        help="the Keras backend to train on (default: the active one, KERAS_BACKEND)",
+    )
 
 
 def _add_sweep(commands: Any) -> None:

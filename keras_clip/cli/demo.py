@@ -101,6 +101,13 @@ def run_all(specs: Sequence[RunSpec], logdir: Path, seed: int) -> list[RunResult
 
 def run(args: argparse.Namespace) -> int:
     """Runs the demo and prints its table; returns the exit status."""
+    backend = getattr(args, "backend", None)
+    if backend is not None and backend != keras.backend.backend():
+        # `keras-clip demo --backend X` sets KERAS_BACKEND before Keras loads; here Keras was loaded already.
+        raise SystemExit(
+            f"--backend {backend} must be chosen before Keras is imported: run `keras-clip demo --backend {backend}` "
+            f"or set KERAS_BACKEND={backend}. Keras is using {keras.backend.backend()!r}."
+        )
     logdir = Path(args.logdir)
     start = time.perf_counter()
     seed_runs = seed_specs(args.epochs, args.seed)

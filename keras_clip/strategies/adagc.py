@@ -6,7 +6,7 @@ import math
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
@@ -90,7 +90,7 @@ class AdaGC(ClipStrategy):
         if not self.built:
             self._slots = {id(v): i for i, v in enumerate(variables)}
             self._gamma = self.add_state("gamma", [0.0] * len(variables), "float32")
-            self._count = self.add_state("count", 0, "int64")
+            self._count = self.add_state("count", 0, ops.wide("int64"))
         super().build(variables)
 
     def _slot(self, variable: keras.Variable) -> int:
@@ -104,35 +104,36 @@ class AdaGC(ClipStrategy):
 
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
         if not grads:
-            zero = tf.constant(0.0)
-            threshold = tf.constant(self.absolute)
+            zero = ops.constant(0.0)
+            threshold = ops.constant(self.absolute)
             return [], {"grad_norm": zero, "clipped_grad_norm": zero, "threshold": threshold, "clipped_fraction": zero}
-        slots = tf.constant([[self._slot(v)] for v in variables], tf.int32)
+        slots = [self._slot(v) for v in variables]
         gamma_all, count = self._gamma.value, self._count.value
-        gamma = tf.gather(gamma_all, slots[:, 0])
-        norms = tf.sqrt(tf.stack([ops.sum_of_squares(g) for g in grads]))
-        total = tf.sqrt(tf.reduce_sum(tf.square(norms)))
+        gamma = K.take(gamma_all, K.convert_to_tensor(slots, "int32"))
+        norms = K.sqrt(K.stack([ops.sum_of_squares(g) for g in grads]))
+        total = K.sqrt(K.sum(K.square(norms)))
         step = count + 1
         warm = step <= self.warmup_steps
-        h_warm = tf.minimum(1.0, self.absolute / (total + self.eps))
-        h_after = tf.minimum(1.0, self.relative * gamma / (norms + self.eps))
-        h = tf.where(warm, tf.fill(tf.shape(norms), h_warm), h_after)
+        h_warm = K.minimum(1.0, self.absolute / (total + self.eps))
+        h_after = K.minimum(1.0, self.relative * gamma / (norms + self.eps))
+        h = K.where(warm, K.full(K.shape(norms), h_warm), h_after)
         kept = h * norms
-        new_gamma = tf.where(
+        new_gamma = K.where(
             warm,
-            tf.where(step == 1, kept, tf.minimum(gamma, kept)),
+            K.where(step == 1, kept, K.minimum(gamma, kept)),
             self.beta * gamma + (1.0 - self.beta) * kept,
         )
-        finite = tf.math.is_finite(total)
-        self._gamma.assign(keep_if(finite, tf.tensor_scatter_nd_update(gamma_all, slots, new_gamma), gamma_all))
-        self._count.assign(count + tf.cast(finite, tf.int64))
+        finite = K.isfinite(total)
+        scattered = K.scatter_update(gamma_all, [[i] for i in slots], new_gamma)
+        self._gamma.assign(keep_if(finite, scattered, gamma_all))
+        self._count.assign(count + K.cast(finite, ops.wide("int64")))
         clipped = [ops.scale(g, h[i]) for i, g in enumerate(grads)]
-        bound = tf.sqrt(tf.reduce_sum(tf.square(self.relative * gamma)))
+        bound = K.sqrt(K.sum(K.square(self.relative * gamma)))
         stats = {
             "grad_norm": total,
-            "clipped_grad_norm": tf.sqrt(tf.reduce_sum(tf.square(kept))),
-            "threshold": tf.where(warm, tf.constant(self.absolute), bound),
-            "clipped_fraction": tf.reduce_mean(tf.cast(h < 1.0, tf.float32)),
+            "clipped_grad_norm": K.sqrt(K.sum(K.square(kept))),
+            "threshold": K.where(warm, ops.constant(self.absolute), bound),
+            "clipped_fraction": K.mean(K.cast(h < 1.0, "float32")),
         }
         return clipped, stats
 

@@ -6,7 +6,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
@@ -53,7 +53,7 @@ def unit_axes(path: str, shape: Sequence[int], overrides: Mapping[str, Axes] | N
 
 
 def unitwise_clip(
-    grad: ops.Gradient, weight: tf.Tensor, clipping: float, eps: float, axes: tuple[int, ...] | None = None
+    grad: ops.Gradient, weight: Any, clipping: float, eps: float, axes: tuple[int, ...] | None = None
 ) -> tuple[ops.Gradient, Stats]:
     """AGC for one gradient: each unit's norm is bounded by `clipping * max(||W_i||, eps)`.
 
@@ -77,18 +77,18 @@ def unitwise_clip(
     values = ops.values_of(grad)
     g_norm = ops.unitwise_norm(values, axes)
     w_norm = ops.unitwise_norm(weight, axes)
-    if isinstance(grad, tf.IndexedSlices) and axes is not None and 0 not in axes:
-        w_norm = tf.gather(w_norm, grad.indices)  # One unit per row: the bounds of the rows present.
-    bound = clipping * tf.maximum(w_norm, eps)
+    if ops.is_slices(grad) and axes is not None and 0 not in axes:
+        w_norm = ops.gather_rows(w_norm, grad)  # One unit per row: the bounds of the rows present.
+    bound = clipping * K.maximum(w_norm, eps)
     trigger = g_norm >= bound
-    factor = tf.where(trigger, bound / tf.maximum(g_norm, 1e-6), tf.ones_like(g_norm))
+    factor = K.where(trigger, bound / K.maximum(g_norm, 1e-6), K.ones_like(g_norm))
     clipped = ops.scale(grad, factor)
     parts = {
         # Both from the unit norms: the gradient is read once.
-        "pre_squares": tf.reduce_sum(tf.square(g_norm)),
-        "post_squares": tf.reduce_sum(tf.square(factor * g_norm)),
-        "bound_squares": tf.reduce_sum(tf.square(bound)),
-        "clipped_units": tf.reduce_sum(tf.cast(trigger, tf.float32)),
+        "pre_squares": K.sum(K.square(g_norm)),
+        "post_squares": K.sum(K.square(factor * g_norm)),
+        "bound_squares": K.sum(K.square(bound)),
+        "clipped_units": K.sum(K.cast(trigger, "float32")),
     }
     return clipped, parts
 
@@ -176,7 +176,7 @@ class AdaptiveGradClip(ClipStrategy):
                 post_squares.append(square)
                 continue
             axes = unit_axes(path, tuple(variable.shape), self.axis)
-            new, parts = unitwise_clip(grad, tf.convert_to_tensor(variable), self.clipping, self.eps, axes)
+            new, parts = unitwise_clip(grad, K.convert_to_tensor(variable), self.clipping, self.eps, axes)
             clipped.append(new)
             pre_squares.append(parts["pre_squares"])
             post_squares.append(parts["post_squares"])
@@ -188,8 +188,8 @@ class AdaptiveGradClip(ClipStrategy):
             "grad_norm": pre,
             # Derived from the unit norms already measured: ||f_i G_i||^2 = f_i^2 ||G_i||^2.
             "clipped_grad_norm": ops.root_sum_squares(post_squares),
-            "threshold": ops.root_sum_squares(bound_squares) if bound_squares else tf.constant(math.inf),
-            "clipped_fraction": tf.add_n(hits) / float(units) if hits else tf.constant(0.0),
+            "threshold": ops.root_sum_squares(bound_squares) if bound_squares else ops.constant(math.inf),
+            "clipped_fraction": ops.add_n(hits) / float(units) if hits else ops.constant(0.0),
         }
         return clipped, stats
 

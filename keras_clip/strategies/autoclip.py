@@ -6,14 +6,14 @@ import math
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
 from keras_clip.strategies.base import ClipStrategy, Stats, keep_if
 
 
-def ring_append(history: tf.Tensor, count: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+def ring_append(history: Any, count: Any, value: Any) -> Any:
     """Writes `value` at slot `count % size` of a fixed-size ring buffer.
 
     Args:
@@ -25,11 +25,11 @@ def ring_append(history: tf.Tensor, count: tf.Tensor, value: tf.Tensor) -> tf.Te
         The new buffer (same shape; a select, so it compiles under XLA).
     """
     size = history.shape[0]
-    slot = tf.math.floormod(count, size)
-    return tf.where(tf.range(size, dtype=tf.int64) == slot, value, history)
+    slot = K.mod(count, size)
+    return K.where(K.arange(size, dtype=ops.wide("int64")) == slot, value, history)
 
 
-def ring_percentile(history: tf.Tensor, count: tf.Tensor, percentile: float) -> tf.Tensor:
+def ring_percentile(history: Any, count: Any, percentile: float) -> Any:
     """The `percentile`-th percentile of the values held by a ring buffer.
 
     Linear interpolation between the two nearest ranks, as numpy's default
@@ -43,18 +43,19 @@ def ring_percentile(history: tf.Tensor, count: tf.Tensor, percentile: float) -> 
         percentile: Float in [0, 100].
     """
     size = history.shape[0]
-    held = tf.minimum(count, size)
-    inf = tf.constant(math.inf, history.dtype)
-    ordered = tf.sort(tf.where(tf.range(size, dtype=tf.int64) < held, history, inf))
-    last = tf.maximum(held, 1) - 1
-    # The fraction as a float64 constant: exact, where a cast of a Python float goes through float32.
-    rank = tf.constant(percentile / 100.0, tf.float64) * tf.cast(last, tf.float64)
-    low = tf.cast(tf.floor(rank), tf.int64)
-    high = tf.minimum(low + 1, last)
-    fraction = tf.cast(rank - tf.floor(rank), history.dtype)
-    low_value, high_value = tf.gather(ordered, low), tf.gather(ordered, high)
+    held = K.minimum(count, size)
+    inf = K.full((), math.inf, dtype=history.dtype)
+    ordered = K.sort(K.where(K.arange(size, dtype=ops.wide("int64")) < held, history, inf))
+    last = K.maximum(held, 1) - 1
+    # The fraction and the rank in float64 where the backend has it (exact, where float32 rounds).
+    wide = ops.wide("float64")
+    rank = K.cast(last, wide) * K.convert_to_tensor(percentile / 100.0, dtype=wide)
+    low = K.cast(K.floor(rank), ops.wide("int64"))
+    high = K.minimum(low + 1, last)
+    fraction = K.cast(rank - K.floor(rank), history.dtype)
+    low_value, high_value = K.take(ordered, low), K.take(ordered, high)
     # The select keeps inf - inf (nothing held) from turning into NaN.
-    return tf.where(fraction > 0, low_value + fraction * (high_value - low_value), low_value)
+    return K.where(fraction > 0, low_value + fraction * (high_value - low_value), low_value)
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -119,7 +120,7 @@ class AutoClip(ClipStrategy):
         """Creates the norm history (ring buffer) and the step counter."""
         if not self.built:
             self._history = self.add_state("history", [0.0] * self.history_size, "float32")
-            self._count = self.add_state("count", 0, "int64")
+            self._count = self.add_state("count", 0, ops.wide("int64"))
         super().build(variables)
 
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
@@ -130,13 +131,13 @@ class AutoClip(ClipStrategy):
         clipped = [ops.scale(g, factor) for g in grads]
         return clipped, {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
 
-    def _record(self, norm: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _record(self, norm: Any) -> tuple[Any, Any]:
         """Appends a finite, nonzero norm to the history; returns the new (history, count)."""
         history, count = self._history.value, self._count.value
         # A zero norm (a step with no gradient) would drag a low percentile to 0 and zero the next steps.
-        recorded = tf.math.is_finite(norm) & (norm > 0)
+        recorded = K.isfinite(norm) & (norm > 0)
         new_history = keep_if(recorded, ring_append(history, count, norm), history)
-        new_count = count + tf.cast(recorded, tf.int64)
+        new_count = count + K.cast(recorded, ops.wide("int64"))
         self._history.assign(new_history)
         self._count.assign(new_count)
         return new_history, new_count

@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 
-Stats = dict[str, tf.Tensor]
+Stats = dict[str, Any]
 
 
 def state_variable(value: Any, dtype: str, name: str) -> keras.Variable:
@@ -25,14 +25,15 @@ def state_variable(value: Any, dtype: str, name: str) -> keras.Variable:
         dtype: String. The variable's dtype, e.g. `"float32"` or `"int64"`.
         name: String. The variable's name.
     """
+    dtype = ops.wide(dtype)
     return keras.Variable(
         np.asarray(value, dtype=dtype), dtype=dtype, trainable=False, aggregation="only_first_replica", name=name
     )
 
 
-def keep_if(condition: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+def keep_if(condition: Any, new: Any, old: Any) -> Any:
     """`new` where `condition` holds, else `old` (an XLA-friendly select)."""
-    return tf.where(condition, new, tf.convert_to_tensor(old))
+    return K.where(condition, new, K.convert_to_tensor(old))
 
 
 class ClipStrategy:
@@ -114,7 +115,7 @@ class ClipStrategy:
 
         Args:
             grads: Sequence of Tensor, IndexedSlices or None, one per variable.
-            variables: Sequence of keras.Variable (or `tf.Variable`), the
+            variables: Sequence of keras.Variable (or, on TensorFlow, `tf.Variable`), the
                 matching variables, or None for a strategy that does not read
                 them (`needs_variables` is False).
 

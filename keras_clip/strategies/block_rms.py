@@ -5,22 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
 from keras_clip.strategies.base import ClipStrategy, Stats
 
 
-def block_rms_factor(square: tf.Tensor, size: tf.Tensor | int, threshold: float) -> tf.Tensor:
+def block_rms_factor(square: Any, size: Any, threshold: float) -> Any:
     """`1 / max(1, RMS / threshold)` for a gradient of `size` entries and squared norm `square`.
 
     The RMS is taken over every entry of the variable (for `IndexedSlices` the
     absent rows count as zeros), as optax's `clip_by_block_rms` does on dense
     arrays.
     """
-    rms = tf.sqrt(square / tf.maximum(tf.cast(size, tf.float32), 1.0))
-    return 1.0 / tf.maximum(1.0, rms / threshold)
+    rms = K.sqrt(square / K.maximum(K.cast(size, "float32"), 1.0))
+    return 1.0 / K.maximum(1.0, rms / threshold)
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -68,13 +68,13 @@ class ClipByBlockRMS(ClipStrategy):
         factors = [block_rms_factor(s, ops.dense_size(g), self.threshold) for s, g in zip(squares, grads)]
         clipped = [ops.scale(g, f) for g, f in zip(grads, factors)]
         if not grads:
-            squares, factors = [tf.constant(0.0)], [tf.constant(1.0)]
+            squares, factors = [ops.constant(0.0)], [ops.constant(1.0)]
         stats = {
-            "grad_norm": tf.sqrt(tf.add_n(squares)),
+            "grad_norm": K.sqrt(ops.add_n(squares)),
             # Derived, not measured again: ||f g||^2 = f^2 ||g||^2.
-            "clipped_grad_norm": tf.sqrt(tf.add_n([s * tf.square(f) for s, f in zip(squares, factors)])),
-            "rms_threshold": tf.constant(self.threshold),
-            "clipped_fraction": tf.reduce_mean(tf.cast(tf.stack(factors) < 1.0, tf.float32)),
+            "clipped_grad_norm": K.sqrt(ops.add_n([s * K.square(f) for s, f in zip(squares, factors)])),
+            "rms_threshold": ops.constant(self.threshold),
+            "clipped_fraction": K.mean(K.cast(K.stack(factors) < 1.0, "float32")),
         }
         return clipped, stats
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies._paths import matches, path_of, warn_unmatched
@@ -242,21 +242,21 @@ def threshold_stats(stats: Stats) -> Stats:
     return {k: stats[k] for k in ("threshold", "norm", "clipped_norm") if k in stats}
 
 
-def _read(variables: list[keras.Variable]) -> list[tf.Tensor]:
+def _read(variables: list[keras.Variable]) -> list[Any]:
     """The variables' values now (tensors, not the variables themselves)."""
-    return [tf.convert_to_tensor(v.value) for v in variables]
+    return [K.convert_to_tensor(v.value) for v in variables]
 
 
 def _skip_leaves_no_state(
-    flags: list[tf.Tensor], variables: list[keras.Variable], before: list[tf.Tensor]
-) -> tf.Tensor:
+    flags: list[Any], variables: list[keras.Variable], before: list[Any]
+) -> Any:
     """A skip from any member skips the update; then every member's state is put back as it was.
 
     The model will not apply the step, so no member may remember it (a member
     before or after the one that skipped would otherwise have counted it).
     """
-    skip = tf.reduce_any(tf.stack(flags))
+    skip = K.any(K.stack(flags))
     for variable, old in zip(variables, before):
-        variable.assign(tf.where(skip, old, variable.value))
+        variable.assign(K.where(skip, old, variable.value))
     return skip
 

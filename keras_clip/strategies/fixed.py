@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
@@ -51,7 +51,7 @@ class ClipByValue(ClipStrategy):
         clipped = [ops.clip_values(g, self.clip_value) for g in grads]
         _, post = ops.l2_norms(clipped)
         # A bound on entries, not on a norm: named apart from `threshold` (logged as `clipping/value_threshold`).
-        return clipped, {"grad_norm": pre, "clipped_grad_norm": post, "value_threshold": tf.constant(self.clip_value)}
+        return clipped, {"grad_norm": pre, "clipped_grad_norm": post, "value_threshold": ops.constant(self.clip_value)}
 
     def get_config(self) -> dict[str, Any]:
         return {"clip_value": self.clip_value}
@@ -111,15 +111,15 @@ class ClipByNorm(_NormBound):
         stats = {
             "grad_norm": pre,
             "clipped_grad_norm": post,
-            "variable_threshold": tf.constant(self.max_norm),
+            "variable_threshold": ops.constant(self.max_norm),
             "variable_norm": _largest(norms),
             "clipped_variable_norm": _largest([n * f for n, f in zip(norms, factors)]),
         }
         return clipped, stats
 
 
-def _largest(norms: list[tf.Tensor]) -> tf.Tensor:
-    return tf.reduce_max(tf.stack(norms)) if norms else tf.constant(0.0)
+def _largest(norms: list[Any]) -> Any:
+    return K.max(K.stack(norms)) if norms else ops.constant(0.0)
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -162,5 +162,5 @@ class ClipByGlobalNorm(_NormBound):
             # The norm the threshold bounds, so the chart of the threshold compares like with like.
             stats = {"norm": measured, "clipped_norm": measured * factor}
         clipped = [ops.scale(g, factor) for g in grads]
-        stats.update({"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": tf.constant(self.max_norm)})
+        stats.update({"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": ops.constant(self.max_norm)})
         return clipped, stats

@@ -6,7 +6,7 @@ import math
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
@@ -14,24 +14,24 @@ from keras_clip.strategies.autoclip import ring_append
 from keras_clip.strategies.base import ClipStrategy, Stats, keep_if
 
 
-def ring_mean_std(history: tf.Tensor, count: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def ring_mean_std(history: Any, count: Any) -> tuple[Any, Any]:
     """Mean and sample standard deviation (Bessel's correction) of a ring buffer's values.
 
     Args:
         history: Float32 tensor of shape `(size,)`.
-        count: Int64 scalar. How many values were ever appended; the buffer
+        count: Integer scalar. How many values were ever appended; the buffer
             holds `min(count, size)` of them.
 
     Returns:
         `(mean, std)`; the std is 0 while fewer than two values are held.
     """
     size = history.shape[0]
-    held = tf.minimum(count, size)
-    mask = tf.range(size, dtype=tf.int64) < held
-    k = tf.cast(held, tf.float32)
-    mean = tf.reduce_sum(tf.where(mask, history, 0.0)) / tf.maximum(k, 1.0)
-    squares = tf.reduce_sum(tf.where(mask, tf.square(history - mean), 0.0))
-    return mean, tf.sqrt(squares / tf.maximum(k - 1.0, 1.0))
+    held = K.minimum(count, size)
+    mask = K.arange(size, dtype=K.dtype(held)) < held
+    k = K.cast(held, "float32")
+    mean = K.sum(K.where(mask, history, 0.0)) / K.maximum(k, 1.0)
+    squares = K.sum(K.where(mask, K.square(history - mean), 0.0))
+    return mean, K.sqrt(squares / K.maximum(k - 1.0, 1.0))
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -105,7 +105,7 @@ class SkipSpikes(ClipStrategy):
         """Creates the window of accepted norms (a ring buffer) and their count."""
         if not self.built:
             self._history = self.add_state("history", [0.0] * self.window, "float32")
-            self._count = self.add_state("count", 0, "int64")
+            self._count = self.add_state("count", 0, ops.wide("int64"))
         super().build(variables)
 
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
@@ -113,13 +113,13 @@ class SkipSpikes(ClipStrategy):
         history, count = self._history.value, self._count.value
         mean, std = ring_mean_std(history, count)
         active = count >= self.warmup_steps
-        threshold = tf.where(active, mean + self.z_threshold * std, tf.constant(math.inf))
-        finite = tf.math.is_finite(pre)
+        threshold = K.where(active, mean + self.z_threshold * std, ops.constant(math.inf))
+        finite = K.isfinite(pre)
         # A non-finite norm is never skipped here: the model's non-finite policy decides about it.
-        skip = tf.logical_and(tf.logical_and(active, finite), pre > threshold)
-        accept = tf.logical_and(finite, tf.logical_not(skip))
+        skip = K.logical_and(K.logical_and(active, finite), pre > threshold)
+        accept = K.logical_and(finite, K.logical_not(skip))
         self._history.assign(keep_if(accept, ring_append(history, count, pre), history))
-        self._count.assign(count + tf.cast(accept, tf.int64))
+        self._count.assign(count + K.cast(accept, ops.wide("int64")))
         return list(grads), {"grad_norm": pre, "clipped_grad_norm": pre, "threshold": threshold, "skip": skip}
 
     def get_config(self) -> dict[str, Any]:

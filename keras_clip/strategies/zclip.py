@@ -6,14 +6,14 @@ import math
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import _validation
 from keras_clip.strategies.base import ClipStrategy, Stats, keep_if
 
 
-def welford_update(count: tf.Tensor, mean: tf.Tensor, var: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def welford_update(count: Any, mean: Any, var: Any, x: Any) -> tuple[Any, Any]:
     """Adds `x` to a running mean and population variance of `count` values.
 
     Welford's update: no buffer, and no cancellation between large sums.
@@ -21,23 +21,23 @@ def welford_update(count: tf.Tensor, mean: tf.Tensor, var: tf.Tensor, x: tf.Tens
     Returns:
         The new `(mean, var)` of `count + 1` values.
     """
-    k = tf.cast(count + 1, tf.float32)
+    k = K.cast(count + 1, "float32")
     delta = x - mean
     new_mean = mean + delta / k
     new_var = (var * (k - 1.0) + delta * (x - new_mean)) / k
     return new_mean, new_var
 
 
-def ema_update(mean: tf.Tensor, var: tf.Tensor, x: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+def ema_update(mean: Any, var: Any, x: Any, alpha: float) -> tuple[Any, Any]:
     """ZClip's EMA: `mean <- a*mean + (1-a)*x`, `var <- a*var + (1-a)*(x - new mean)^2`."""
     new_mean = alpha * mean + (1.0 - alpha) * x
-    new_var = alpha * var + (1.0 - alpha) * tf.square(x - new_mean)
+    new_var = alpha * var + (1.0 - alpha) * K.square(x - new_mean)
     return new_mean, new_var
 
 
 def zscore_threshold(
-    norm: tf.Tensor, mean: tf.Tensor, var: tf.Tensor, z_threshold: float, eps: float
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    norm: Any, mean: Any, var: Any, z_threshold: float, eps: float
+) -> tuple[Any, Any, Any]:
     """ZClip's "zscore" mode with "adaptive_scaling".
 
     `z = (n - mean) / (std + eps)`; a spike is `z > z_threshold`, and its
@@ -49,22 +49,22 @@ def zscore_threshold(
         threshold (meaningful only for a spike) and the largest norm that is
         not a spike, `mean + z_threshold * (std + eps)`.
     """
-    std = tf.sqrt(tf.maximum(var, 0.0))
+    std = K.sqrt(K.maximum(var, 0.0))
     z = (norm - mean) / (std + eps)
     spike = z > z_threshold
-    safe_z = tf.where(spike, z, tf.ones_like(z))
+    safe_z = K.where(spike, z, K.ones_like(z))
     threshold = mean + z_threshold * std / (safe_z / z_threshold)
     return spike, threshold, mean + z_threshold * (std + eps)
 
 
-def sigma_threshold(norm: tf.Tensor, mean: tf.Tensor, var: tf.Tensor, z_threshold: float) -> tuple[tf.Tensor, ...]:
+def sigma_threshold(norm: Any, mean: Any, var: Any, z_threshold: float) -> tuple[Any, Any, Any]:
     """ZClip's "percentile" mode: a spike is `norm > mean + z_threshold * std`, clipped to that bound.
 
     Returns:
         `(spike, threshold, bound)` as `zscore_threshold`; here the threshold
         and the bound are the same number.
     """
-    bound = mean + z_threshold * tf.sqrt(tf.maximum(var, 0.0))
+    bound = mean + z_threshold * K.sqrt(K.maximum(var, 0.0))
     return norm > bound, bound, bound
 
 
@@ -166,7 +166,7 @@ class ZClip(ClipStrategy):
     def build(self, variables: Sequence[Any]) -> None:
         """Creates the step counter and the mean and variance of the norm."""
         if not self.built:
-            self._count = self.add_state("count", 0, "int64")
+            self._count = self.add_state("count", 0, ops.wide("int64"))
             self._mean = self.add_state("mean", 0.0, "float32")
             self._var = self.add_state("var", 0.0, "float32")
         super().build(variables)
@@ -179,32 +179,32 @@ class ZClip(ClipStrategy):
             spike, spike_threshold, bound = zscore_threshold(pre, mean, var, self.z_threshold, self.eps)
         else:
             spike, spike_threshold, bound = sigma_threshold(pre, mean, var, self.z_threshold)
-        spike = tf.logical_and(past_warmup, spike)
-        effective = tf.where(spike, spike_threshold, pre)
-        threshold = tf.where(past_warmup, bound, tf.constant(math.inf))
+        spike = K.logical_and(past_warmup, spike)
+        effective = K.where(spike, spike_threshold, pre)
+        threshold = K.where(past_warmup, bound, ops.constant(math.inf))
         if self.max_norm is not None:
-            effective = tf.minimum(effective, self.max_norm)
-            threshold = tf.minimum(threshold, self.max_norm)
+            effective = K.minimum(effective, self.max_norm)
+            threshold = K.minimum(threshold, self.max_norm)
         factor = ops.clip_factor(pre, effective)
-        finite = tf.math.is_finite(pre)
+        finite = K.isfinite(pre)
         # A non-finite norm is never skipped here: the model's non-finite policy decides about it.
-        skip = tf.logical_and(finite, spike) if self.skip_update_on_spike else tf.constant(False)
-        keep = tf.logical_and(finite, tf.logical_not(skip))
-        self._update(past_warmup, tf.where(spike, spike_threshold, pre), finite=keep)
+        skip = K.logical_and(finite, spike) if self.skip_update_on_spike else K.convert_to_tensor(False)
+        keep = K.logical_and(finite, K.logical_not(skip))
+        self._update(past_warmup, K.where(spike, spike_threshold, pre), finite=keep)
         clipped = [ops.scale(g, factor) for g in grads]
         stats = {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
         if self.skip_update_on_spike:
             stats["skip"] = skip
         return clipped, stats
 
-    def _update(self, past_warmup: tf.Tensor, x: tf.Tensor, finite: tf.Tensor) -> None:
+    def _update(self, past_warmup: Any, x: Any, finite: Any) -> None:
         """Welford during warm-up, the EMA after; nothing unless `finite` (a finite norm to record)."""
         count, mean, var = self._count.value, self._mean.value, self._var.value
         warm_mean, warm_var = welford_update(count, mean, var, x)
         ema_mean, ema_var = ema_update(mean, var, x, self.alpha)
-        self._mean.assign(keep_if(finite, tf.where(past_warmup, ema_mean, warm_mean), mean))
-        self._var.assign(keep_if(finite, tf.where(past_warmup, ema_var, warm_var), var))
-        self._count.assign(count + tf.cast(finite, tf.int64))
+        self._mean.assign(keep_if(finite, K.where(past_warmup, ema_mean, warm_mean), mean))
+        self._var.assign(keep_if(finite, K.where(past_warmup, ema_var, warm_var), var))
+        self._count.assign(count + K.cast(finite, ops.wide("int64")))
 
     def get_config(self) -> dict[str, Any]:
         return {

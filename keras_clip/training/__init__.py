@@ -1,15 +1,5 @@
 """Where clipping happens: the optimizer update, and the models that configure it."""
 
-import keras
-
-if keras.backend.backend() != "tensorflow":
-    raise ImportError(
-        "keras_clip's models need the TensorFlow backend, but Keras is using the "
-        f"{keras.backend.backend()!r} backend. Set the environment variable "
-        "KERAS_BACKEND=tensorflow before importing keras (for example "
-        "`export KERAS_BACKEND=tensorflow`)."
-    )
-
 from keras_clip.training.mixin import ClippingMixin
 from keras_clip.training.models import ClippingModel, ClippingSequential
 from keras_clip.training.optimizer import ClippingOptimizer

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from typing import Any
 
 import keras
+from keras import ops as K
 
-from keras_clip.privacy import step as per_example
-from keras_clip.privacy.clip import PerExampleClip
 from keras_clip.strategies import get as get_strategy
 from keras_clip.strategies.base import ClipStrategy
-from keras_clip.training.multiworker import MultiWorkerTrainer
 from keras_clip.training.optimizer import ClippingOptimizer, clipping_optimizers, unwrap
 from keras_clip.training.policy import NonFiniteGradientError, validate_policy
+
+if keras.backend.backend() == "tensorflow":
+    from keras_clip.training.multiworker import MultiWorkerTrainer
+else:
+
+    class MultiWorkerTrainer:  # type: ignore[no-redef]
+        """Multi-worker fixes are for TensorFlow's trainer only."""
 
 
 class ClippingMixin(MultiWorkerTrainer):
@@ -87,9 +94,11 @@ class ClippingMixin(MultiWorkerTrainer):
                 "`optimizer=YourOptimizer(inner_optimizer, clipping=...)` to compile()."
             )
         super().compile(*args, **kwargs)
-        with self.distribute_strategy.scope():
+        with _strategy_scope(self):
             self.optimizer = _wrap(self.optimizer, strategy, policy)
-        if isinstance(strategy, PerExampleClip):
+        if _per_example(strategy):
+            from keras_clip.privacy import step as per_example
+
             per_example.check_compiled(self, strategy)
         self._nonfinite_seen = 0
         self._compile_config.config.update(clipping=strategy, on_nonfinite=policy)
@@ -111,20 +120,32 @@ class ClippingMixin(MultiWorkerTrainer):
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.built:
-            with self.distribute_strategy.scope():
+            with _strategy_scope(self):
                 self.optimizer.build(self.trainable_variables)
 
-    def train_step(self, data: Any) -> dict[str, Any]:
+    def train_step(self, *args: Any) -> Any:
         """Keras's step (its update goes through the `ClippingOptimizer`), plus the clip's figures.
 
-        With a `PerExampleClip`, the step computes, clips and sums per-example
-        gradients instead (`keras_clip.privacy.step.train_step`).
+        On JAX the step is stateless, `train_step(state, data) -> (logs,
+        state)`, and the figures are read from the new optimizer variables.
+        With a `PerExampleClip` (TensorFlow), the step computes, clips and sums
+        per-example gradients instead (`keras_clip.privacy.step.train_step`).
         """
         optimizer = unwrap(self.optimizer)
-        if optimizer is not None and isinstance(optimizer.clipping, PerExampleClip):
-            logs = per_example.train_step(self, data)
+        if keras.backend.backend() == "jax":
+            logs, state = super().train_step(*args)
+            if optimizer is None or not optimizer.built:
+                return logs, state
+            mapping = list(zip(self.optimizer.variables, state[2]))
+            with keras.StatelessScope(state_mapping=mapping):
+                figures = optimizer.report().logs()
+            return {**logs, **figures}, state
+        if optimizer is not None and _per_example(optimizer.clipping):
+            from keras_clip.privacy import step as per_example
+
+            logs = per_example.train_step(self, *args)
         else:
-            logs = super().train_step(data)
+            logs = super().train_step(*args)
         if optimizer is None or not optimizer.built:
             return logs
         return {**logs, **optimizer.report().logs()}
@@ -150,9 +171,9 @@ class ClippingMixin(MultiWorkerTrainer):
         def updates() -> int:
             return sum(o.traced_updates for _, o in clipping_optimizers(self))
 
-        def checked(iterator: Any) -> Any:
+        def checked(*args: Any) -> Any:
             before = updates()
-            logs = train_function(iterator)
+            result = train_function(*args)
             if state["first"]:
                 state["first"] = False
                 bypassed = optimizer.clipping is not None and updates() == before
@@ -160,13 +181,22 @@ class ClippingMixin(MultiWorkerTrainer):
                     self._bypass_warned = True
                     warnings.warn(_bypass_message(self, optimizer), UserWarning, stacklevel=2)
             if optimizer.on_nonfinite == "raise":
-                self._raise_if_nonfinite(optimizer)
-            return logs
+                self._raise_if_nonfinite(optimizer, result)
+            return result
 
         return checked
 
-    def _raise_if_nonfinite(self, optimizer: ClippingOptimizer) -> None:
-        seen = int(optimizer.figures.nonfinite_steps.numpy()) if optimizer.built else 0
+    def _raise_if_nonfinite(self, optimizer: ClippingOptimizer, result: Any) -> None:
+        if keras.backend.backend() == "jax":
+            # `(logs, state)`: the count is in the logs; the state is written back before raising.
+            logs, state = result
+            seen = int(K.convert_to_numpy(logs.get("nonfinite_steps", 0)))
+            if seen > getattr(self, "_nonfinite_seen", 0):
+                names = ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables")
+                self._jax_state, self._jax_state_synced = dict(zip(names, state)), False
+                self.jax_state_sync()
+        else:
+            seen = int(K.convert_to_numpy(optimizer.figures.nonfinite_steps)) if optimizer.built else 0
         if seen > getattr(self, "_nonfinite_seen", 0):
             self._nonfinite_seen = seen
             raise NonFiniteGradientError(
@@ -174,6 +204,18 @@ class ClippingMixin(MultiWorkerTrainer):
                 f"applied ({seen} such steps so far). Lower the learning rate, "
                 "clip harder, or compile with on_nonfinite='skip' to skip such steps."
             )
+
+
+def _per_example(strategy: Any) -> bool:
+    """Whether `strategy` is a `PerExampleClip` (whose module loads only on TensorFlow, when used)."""
+    module = sys.modules.get("keras_clip.privacy.clip")
+    return module is not None and isinstance(strategy, module.PerExampleClip)
+
+
+def _strategy_scope(model: Any) -> Any:
+    """The model's `tf.distribute` scope on TensorFlow; nothing on other backends."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def _wrap(optimizer: Any, strategy: ClipStrategy | None, policy: str) -> Any:

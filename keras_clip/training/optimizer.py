@@ -6,12 +6,12 @@ import warnings
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import get as get_strategy
 from keras_clip.strategies.base import ClipStrategy, Stats
-from keras_clip.training import distribute
+from keras_clip.training import backend as distribute
 from keras_clip.training import recorder as recorder_lib
 from keras_clip.training.policy import NonFinitePolicy
 from keras_clip.training.report import ClipReport, UpdateFigures
@@ -164,7 +164,7 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
             self.recorder.record(self.figures.stats(), grads, list(trainable_variables))
 
     def _clip_and_update(
-        self, grads: list[Any], variables: list[keras.Variable], finite: tf.Tensor | None, scale: Any
+        self, grads: list[Any], variables: list[keras.Variable], finite: Any, scale: Any
     ) -> None:
         """Clips, records the figures and applies unless the policy or the strategy says skip.
 
@@ -173,7 +173,7 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         """
         clipped, stats = self.clip_gradients(grads, variables)
         if finite is None:
-            finite = tf.math.is_finite(stats["grad_norm"])
+            finite = K.isfinite(stats["grad_norm"])
             self.figures.count_nonfinite(finite)
         skip = _skip_of(stats)
         self.figures.store(stats, skip)
@@ -181,13 +181,13 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         go = self._policy.allows(finite)
         if isinstance(self.inner_optimizer, LossScaleOptimizer):
             # The loss scaler checks the gradient itself: it skips and lowers its scale on overflow.
-            go = tf.constant(True)
+            go = K.convert_to_tensor(True)
         distribute.run_if(
-            tf.logical_and(go, tf.logical_not(skip)),
+            K.logical_and(go, K.logical_not(skip)),
             lambda: distribute.apply_reduced(self.inner_optimizer, clipped, variables),
         )
 
-    def _accumulate(self, grads: list[Any], variables: list[keras.Variable], go: tf.Tensor, scale: Any) -> None:
+    def _accumulate(self, grads: list[Any], variables: list[keras.Variable], go: Any, scale: Any) -> None:
         """Adds a micro-batch's gradient; every k-th one, clips the average and updates.
 
         The strategy sees only the averaged gradient of real updates (its
@@ -196,8 +196,8 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         """
         steps = self.accumulation_steps
         accumulators = [self._accumulators[self._get_variable_index(v)] for v in variables]
-        totals = [a.value + tf.convert_to_tensor(g) for a, g in zip(accumulators, grads)]
-        real = tf.equal((self._iterations + 1) % steps, 0)
+        totals = [a.value + ops.densify(g, a.shape) for a, g in zip(accumulators, grads)]
+        real = K.equal((self._iterations + 1) % steps, 0)
 
         def add() -> None:
             for a, t in zip(accumulators, totals):
@@ -206,13 +206,13 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
 
         def update() -> None:
             # Only finite micro-batches were added (counted above, as they came).
-            self._clip_and_update([t / steps for t in totals], variables, tf.constant(True), scale)
+            self._clip_and_update([t / steps for t in totals], variables, K.convert_to_tensor(True), scale)
             for a in accumulators:
-                a.assign(tf.zeros_like(a))
+                a.assign(K.zeros_like(a))
             self._iterations.assign_add(1)
 
-        distribute.run_if(tf.logical_and(go, tf.logical_not(real)), add)
-        distribute.run_if(tf.logical_and(go, real), update)
+        distribute.run_if(K.logical_and(go, K.logical_not(real)), add)
+        distribute.run_if(K.logical_and(go, real), update)
 
     def clip_gradients(self, grads: Sequence[ops.Gradient], variables: Sequence[keras.Variable]) -> tuple[list, Stats]:
         """The clip hook: override it in a subclass to change how gradients are clipped.
@@ -231,11 +231,21 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
             return list(grads), {"grad_norm": norm, "clipped_grad_norm": norm}
         return self._strategy.clip(grads, variables)
 
-    def report(self) -> ClipReport:
-        """The latest update's figures, as one typed record of tensors."""
+    def report(self, optimizer_variables: Sequence[Any] | None = None) -> ClipReport:
+        """The latest update's figures, as one typed record of tensors.
+
+        Args:
+            optimizer_variables: Sequence of tensors or None. In a stateless
+                step (JAX), the values of `variables` that `stateless_apply`
+                returned: the figures are read from them. None reads the
+                variables themselves.
+        """
         if not self.built:
             raise ValueError("The optimizer has made no update yet: call `apply` (or `fit`) first.")
-        return self.figures.report()
+        if optimizer_variables is None:
+            return self.figures.report()
+        with keras.StatelessScope(state_mapping=list(zip(self.variables, optimizer_variables))):
+            return self.figures.report()
 
     def _loss_scale(self) -> Any:
         inner = self.inner_optimizer
@@ -265,8 +275,25 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         """Lets the inner optimizer finalize (e.g. swap in EMA weights)."""
         self.inner_optimizer.finalize_variable_values(var_list)
 
-    def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
-        raise NotImplementedError("ClippingOptimizer.stateless_apply needs the JAX backend support.")
+    def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> tuple[list, list]:
+        """The stateless update (JAX): clips and applies, returns the new values.
+
+        Strategy state and the update's figures are optimizer variables, so
+        they come in with `optimizer_variables` and go out with the result,
+        like the inner optimizer's slots. A skipped update (non-finite
+        gradient under `"skip"`, or a strategy's skip) returns every value
+        unchanged, the iteration counter included.
+
+        Args:
+            optimizer_variables: List of tensors, the values of `variables`.
+            grads: List of tensors, one per trainable variable.
+            trainable_variables: List of tensors, the values of the
+                variables the optimizer was built with.
+
+        Returns:
+            `(trainable_variables, optimizer_variables)`: the new values.
+        """
+        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
 
     def get_config(self) -> dict[str, Any]:
         """The inner optimizer, strategy and policy, serialized."""
@@ -291,16 +318,16 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         return f"ClippingOptimizer({type(self.inner_optimizer).__name__}, clipping={self._strategy!r})"
 
 
-def _skip_of(stats: Stats) -> tf.Tensor:
+def _skip_of(stats: Stats) -> Any:
     skip = stats.get("skip")
-    return tf.constant(False) if skip is None else tf.cast(skip, tf.bool)
+    return K.convert_to_tensor(False) if skip is None else K.cast(skip, "bool")
 
 
 def _rescale(grads: Sequence[Any], factor: Any, *, divide: bool) -> list[Any]:
     """Divides (or multiplies) gradients by a loss scale; powers of two make it exact."""
     if factor is None:
         return list(grads)
-    factor = tf.convert_to_tensor(factor, tf.float32)
+    factor = K.cast(K.convert_to_tensor(factor), "float32")
     factor = 1.0 / factor if divide else factor
     return [ops.scale(g, factor) for g in grads]
 

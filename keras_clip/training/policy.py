@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 
@@ -48,7 +48,7 @@ class NonFinitePolicy:
     def __init__(self, name: str = "skip") -> None:
         self.name = validate_policy(name)
 
-    def repair(self, grads: Sequence[ops.Gradient], *, overflow: bool = False) -> tuple[list, tf.Tensor | None]:
+    def repair(self, grads: Sequence[ops.Gradient], *, overflow: bool = False) -> tuple[list, Any]:
         """Zeroes non-finite entries under `"zero"`; elsewhere leaves the gradient as it is.
 
         Args:
@@ -66,10 +66,10 @@ class NonFinitePolicy:
             return list(grads), None
         return [ops.zero_nonfinite(g) for g in grads], ops.all_finite(grads)
 
-    def allows(self, finite: tf.Tensor, *, overflow: bool = False) -> tf.Tensor:
+    def allows(self, finite: Any, *, overflow: bool = False) -> Any:
         """Whether an update whose incoming gradient was (or was not) finite is applied."""
         if self.name in ("zero", "propagate") and not overflow:
-            return tf.constant(True)
+            return K.convert_to_tensor(True)
         return finite
 
     def __repr__(self) -> str:

@@ -10,21 +10,20 @@ and no condition enters the step, so it compiles under XLA and `tf.distribute`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.training.report import scalar_columns
 
 # Stat columns reserved in the buffer; a strategy reporting more is cut short.
 MAX_STATS = 16
-
-
 
 @dataclasses.dataclass(frozen=True)
 class RecordedStep:
@@ -63,7 +62,8 @@ class StepRecorder:
         per_variable: Bool. Whether to record each variable's gradient norm.
         gradients: Bool. Whether to keep a copy of the last step's gradients
             (for histograms).
-        distribute_strategy: tf.distribute.Strategy. The model's strategy.
+        distribute_strategy: tf.distribute.Strategy or None. The model's
+            strategy (TensorFlow only).
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class StepRecorder:
         start_step: int,
         per_variable: bool,
         gradients: bool,
-        distribute_strategy: tf.distribute.Strategy,
+        distribute_strategy: Any = None,
     ) -> None:
         self.size = int(size)
         self.paths = unique_paths(variables)
@@ -86,13 +86,18 @@ class StepRecorder:
         self.stat_keys: list[str] = []
         self.present: list[bool] = [True] * len(self.paths)
         width = 1 + MAX_STATS + (len(self.paths) if per_variable else 0)
-        with distribute_strategy.scope():
-            self.step = _variable(start_step, "int64", "grad_log_step")
-            self.buffer = _variable(np.zeros((self.size, width)), "float64", "grad_log_buffer")
+        with distribute_strategy.scope() if distribute_strategy is not None else contextlib.nullcontext():
+            self.step = _variable(start_step, ops.wide("int64"), "grad_log_step")
+            self.buffer = _variable(np.zeros((self.size, width)), ops.wide("float64"), "grad_log_buffer")
             self.snapshots = [
                 _variable(np.zeros(v.shape), "float32", f"grad_snapshot_{i}")
                 for i, v in enumerate(variables if gradients else [])
             ]
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """The recorder's variables: the step count, the buffer, the gradient snapshots."""
+        return [self.step, self.buffer, *self.snapshots]
 
     def satisfies(self, paths: list[str], size: int, per_variable: bool, gradients: bool) -> bool:
         """Whether this recorder can serve a caller with these needs."""
@@ -103,7 +108,7 @@ class StepRecorder:
             and (self.gradients or not gradients)
         )
 
-    def record(self, stats: dict[str, tf.Tensor], grads: Sequence[Any], variables: Sequence[Any]) -> None:
+    def record(self, stats: dict[str, Any], grads: Sequence[Any], variables: Sequence[Any]) -> None:
         """Writes one step's row; called inside the compiled train step.
 
         Args:
@@ -114,29 +119,29 @@ class StepRecorder:
             variables: Sequence of keras.Variable, the matching variables.
         """
         step = self.step.value + 1
-        columns = [tf.cast(step, tf.float64), *self._stat_columns(stats)]
+        columns = [K.cast(step, ops.wide("float64")), *self._stat_columns(stats)]
         if self.per_variable:
             columns += self._norm_columns(grads)
-        row = tf.stack(columns)
-        selected = tf.equal(tf.range(self.size, dtype=tf.int64), (step - 1) % self.size)
-        self.buffer.assign(tf.where(selected[:, None], row[None, :], self.buffer.value))
+        row = K.stack(columns)
+        selected = K.equal(K.arange(self.size, dtype=ops.wide("int64")), (step - 1) % self.size)
+        self.buffer.assign(K.where(selected[:, None], row[None, :], self.buffer.value))
         self.step.assign(step)
         for snapshot, grad in zip(self.snapshots, grads):
             if grad is not None:
-                snapshot.assign(tf.cast(_dense(grad, snapshot.shape), tf.float32))
+                snapshot.assign(K.cast(ops.densify(grad, snapshot.shape), "float32"))
 
-    def _stat_columns(self, stats: dict[str, tf.Tensor]) -> list[tf.Tensor]:
-        self.stat_keys, columns = scalar_columns(stats, MAX_STATS, tf.float64)
+    def _stat_columns(self, stats: dict[str, Any]) -> list[Any]:
+        self.stat_keys, columns = scalar_columns(stats, MAX_STATS, ops.wide("float64"))
         return columns
 
-    def _norm_columns(self, grads: Sequence[Any]) -> list[tf.Tensor]:
+    def _norm_columns(self, grads: Sequence[Any]) -> list[Any]:
         self.present = [g is not None for g in grads]
-        nan = tf.constant(np.nan, tf.float64)
-        return [nan if g is None else tf.cast(ops.global_norm([g]), tf.float64) for g in grads]
+        nan = K.convert_to_tensor(np.nan, ops.wide("float64"))
+        return [nan if g is None else K.cast(ops.global_norm([g]), ops.wide("float64")) for g in grads]
 
     def current_step(self) -> int:
         """The number of the last recorded step (0 before any)."""
-        return int(self.step.numpy())
+        return int(K.convert_to_numpy(self.step))
 
     def read(self, after: int, latest_only: bool = False) -> list[RecordedStep]:
         """The steps recorded after step `after`, oldest first (one device read).
@@ -146,7 +151,7 @@ class StepRecorder:
             latest_only: Bool. Return only the newest step (and do not warn
                 about older ones the buffer no longer holds).
         """
-        rows = self.buffer.numpy()
+        rows = K.convert_to_numpy(self.buffer)
         rows = rows[rows[:, 0] > after]
         rows = rows[np.argsort(rows[:, 0])]
         if latest_only:
@@ -169,13 +174,7 @@ class StepRecorder:
 
     def read_gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradients by variable path (variables with one)."""
-        return {p: s.numpy() for p, s, present in zip(self.paths, self.snapshots, self.present) if present}
-
-
-def _dense(grad: Any, shape: Sequence[int]) -> tf.Tensor:
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.math.unsorted_segment_sum(grad.values, grad.indices, num_segments=shape[0])
-    return grad
+        return {p: K.convert_to_numpy(s) for p, s, present in zip(self.paths, self.snapshots, self.present) if present}
 
 
 def unique_paths(variables: Sequence[keras.Variable]) -> list[str]:
@@ -198,15 +197,33 @@ def unique_paths(variables: Sequence[keras.Variable]) -> list[str]:
     return paths
 
 
+def _tracing() -> bool:
+    """Whether a compiled step is being traced (TensorFlow's `tf.function`)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.inside_function()
+
+
+def _default_strategy() -> Any:
+    """TensorFlow's current distribution strategy (None on other backends)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
 def _initial_step(optimizer: Any) -> int:
     # Inside a trace the optimizer has just been built by its first update: no step yet.
-    if not optimizer.built or tf.inside_function():
+    if not optimizer.built or _tracing():
         return 0
     return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
 def attach(
-    optimizer: Any, distribute_strategy: tf.distribute.Strategy, size: int, *, per_variable: bool, gradients: bool
+    optimizer: Any, distribute_strategy: Any, size: int, *, per_variable: bool, gradients: bool
 ) -> StepRecorder | None:
     """Makes a `ClippingOptimizer` record every update into a recorder it owns.
 
@@ -217,7 +234,8 @@ def attach(
 
     Args:
         optimizer: ClippingOptimizer.
-        distribute_strategy: tf.distribute.Strategy. The model's strategy.
+        distribute_strategy: tf.distribute.Strategy or None. The model's
+            strategy (TensorFlow only).
         size: Int. Rows of the buffer: at least the steps of one execution.
         per_variable: Bool. Also record each variable's gradient norm.
         gradients: Bool. Also keep the last update's gradients.
@@ -225,11 +243,13 @@ def attach(
     Returns:
         The recorder now attached, or None until the optimizer is built.
     """
-    recorder = optimizer.recorder
-    if recorder is not None and recorder.users:
-        per_variable = per_variable or recorder.per_variable
-        gradients = gradients or recorder.gradients
-    request = RecordingRequest(size, per_variable, gradients, recorder.users if recorder is not None else 0)
+    # Another callback may have asked already (before the optimizer was built, only its request exists).
+    previous = optimizer.recording
+    if previous is not None and previous.users:
+        per_variable = per_variable or previous.per_variable
+        gradients = gradients or previous.gradients
+        size = max(size, previous.size)
+    request = RecordingRequest(size, per_variable, gradients, previous.users if previous is not None else 0)
     request.users += 1
     optimizer.recording = request
     if optimizer.built:
@@ -247,7 +267,7 @@ class RecordingRequest:
     users: int
 
 
-def ensure_recorder(optimizer: Any, distribute_strategy: tf.distribute.Strategy | None = None) -> StepRecorder | None:
+def ensure_recorder(optimizer: Any, distribute_strategy: Any = None) -> StepRecorder | None:
     """Creates or replaces the optimizer's recorder to serve its recording request."""
     request = optimizer.recording
     if request is None or not request.users:
@@ -257,11 +277,25 @@ def ensure_recorder(optimizer: Any, distribute_strategy: tf.distribute.Strategy 
     paths = unique_paths(variables)
     if recorder is None or not recorder.satisfies(paths, request.size, request.per_variable, request.gradients):
         start = recorder.current_step() if recorder is not None else _initial_step(optimizer)
-        strategy = distribute_strategy or tf.distribute.get_strategy()
+        strategy = distribute_strategy or _default_strategy()
         recorder = StepRecorder(request.size, variables, start, request.per_variable, request.gradients, strategy)
+        if keras.backend.backend() == "jax":
+            _adopt(optimizer, optimizer.recorder, recorder)
         optimizer.recorder = recorder
     recorder.users = request.users
     return recorder
+
+
+def _adopt(optimizer: Any, old: StepRecorder | None, new: StepRecorder) -> None:
+    """Makes the recorder's variables the optimizer's own, replacing the old recorder's.
+
+    On JAX the update is stateless: only the optimizer's variables travel
+    through `stateless_apply`, so the buffer must be one of them.
+    """
+    dropped = {id(v) for v in old.variables} if old is not None else set()
+    optimizer._variables[:] = [v for v in optimizer._variables if id(v) not in dropped]
+    for variable in new.variables:
+        optimizer._track_variable(variable)
 
 
 def detach(optimizer: Any) -> None:

@@ -7,7 +7,9 @@ import warnings
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
+from keras import ops as K
+
+from keras_clip import ops
 
 # Strategy figures kept per update (threshold, ...); more are dropped with a warning.
 MAX_FIGURES = 16
@@ -60,20 +62,20 @@ class ClipReport:
         return {prefix + k: v for k, v in logs.items()}
 
 
-def scalar_columns(stats: dict[str, Any], size: int, dtype: tf.DType) -> tuple[list[str], list[tf.Tensor]]:
+def scalar_columns(stats: dict[str, Any], size: int, dtype: str) -> tuple[list[str], list[Any]]:
     """The scalar entries of `stats` as `size` columns of `dtype`, NaN-padded, and their names.
 
     Entries past `size` are dropped with a warning naming them.
     """
-    names = [k for k, v in stats.items() if tf.convert_to_tensor(v).shape.rank == 0]
+    names = [k for k, v in stats.items() if len(K.shape(K.convert_to_tensor(v))) == 0]
     if len(names) > size:
         warnings.warn(
             f"The clip reports {len(names)} figures; only the first {size} are kept (dropped: {names[size:]}).",
             stacklevel=4,
         )
         names = names[:size]
-    columns = [tf.cast(stats[k], dtype) for k in names]
-    return names, columns + [tf.constant(np.nan, dtype)] * (size - len(names))
+    columns = [K.cast(stats[k], dtype) for k in names]
+    return names, columns + [K.convert_to_tensor(np.nan, dtype)] * (size - len(names))
 
 
 class UpdateFigures:
@@ -89,8 +91,8 @@ class UpdateFigures:
     def __init__(self, make_variable: Callable[[str, tuple, str], Any]) -> None:
         self.grad_norm = make_variable("grad_norm", (), "float32")
         self.clipped_grad_norm = make_variable("clipped_grad_norm", (), "float32")
-        self.nonfinite_steps = make_variable("nonfinite_steps", (), "int64")
-        self.skipped_steps = make_variable("skipped_steps", (), "int64")
+        self.nonfinite_steps = make_variable("nonfinite_steps", (), ops.wide("int64"))
+        self.skipped_steps = make_variable("skipped_steps", (), ops.wide("int64"))
         self.values = make_variable("figures", (MAX_FIGURES,), "float32")
         # Figure names, known once an update has been traced (or restored from a config).
         self.names: list[str] = []
@@ -100,18 +102,18 @@ class UpdateFigures:
         """Every variable, in a fixed order (the saving order)."""
         return [self.grad_norm, self.clipped_grad_norm, self.nonfinite_steps, self.skipped_steps, self.values]
 
-    def count_nonfinite(self, finite: tf.Tensor) -> None:
+    def count_nonfinite(self, finite: Any) -> None:
         """Counts an update whose incoming gradient was not finite."""
-        self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        self.nonfinite_steps.assign_add(K.cast(K.logical_not(finite), ops.wide("int64")))
 
-    def store(self, stats: dict[str, Any], skip: tf.Tensor) -> None:
+    def store(self, stats: dict[str, Any], skip: Any) -> None:
         """Writes one clip's figures, and counts it if the strategy skips the update."""
-        self.grad_norm.assign(tf.cast(stats["grad_norm"], tf.float32))
-        self.clipped_grad_norm.assign(tf.cast(stats["clipped_grad_norm"], tf.float32))
-        self.skipped_steps.assign_add(tf.cast(skip, tf.int64))
+        self.grad_norm.assign(K.cast(stats["grad_norm"], "float32"))
+        self.clipped_grad_norm.assign(K.cast(stats["clipped_grad_norm"], "float32"))
+        self.skipped_steps.assign_add(K.cast(skip, ops.wide("int64")))
         figures = {k: v for k, v in stats.items() if k not in ("grad_norm", "clipped_grad_norm")}
-        self.names, column = scalar_columns(figures, MAX_FIGURES, tf.float32)
-        self.values.assign(tf.stack(column))
+        self.names, column = scalar_columns(figures, MAX_FIGURES, "float32")
+        self.values.assign(K.stack(column))
 
     def stats(self) -> dict[str, Any]:
         """The latest update's figures as one flat dict of scalars (the recorder's row)."""
@@ -136,6 +138,6 @@ class UpdateFigures:
         )
 
 
-def _read(variable: Any) -> tf.Tensor:
-    """The variable's current value as a tensor (never the variable itself)."""
-    return tf.convert_to_tensor(variable)
+def _read(variable: Any) -> Any:
+    """The variable's current value as a tensor (never the variable itself, nor a mirrored one)."""
+    return K.copy(variable.value)
