@@ -244,7 +244,7 @@ def threshold_stats(stats: Stats) -> Stats:
 
 def _read(variables: list[keras.Variable]) -> list[Any]:
     """The variables' values now (tensors, not the variables themselves)."""
-    return [K.convert_to_tensor(v.value) for v in variables]
+    return [K.copy(v.value) for v in variables]
 
 
 def _skip_leaves_no_state(
