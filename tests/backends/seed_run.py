@@ -28,6 +28,11 @@ STRATEGIES = {
     # (docs/strategies.md); after a global bound its percentile and ring buffer still decide every step.
     "AutoClip": lambda: kc.Chain(kc.ClipByGlobalNorm(1.0), kc.AutoClip(10.0, history_size=8)),
     "ZClip": lambda: kc.ZClip(warmup_steps=5),
+    "ZClipPercentileSkip": lambda: kc.ZClip(warmup_steps=5, mode="percentile", skip_update_on_spike=True),
+    "AdaGC": lambda: kc.AdaGC(warmup_steps=3),
+    "ClipByBlockRMS": lambda: kc.ClipByBlockRMS(0.05),
+    # A short window so that the 20 steps reach skips; the chain puts its state back on a skip.
+    "SkipSpikes": lambda: kc.Chain(kc.SkipSpikes(1.0, window=4, warmup_steps=3), kc.ClipByGlobalNorm(1.0)),
 }
 
 

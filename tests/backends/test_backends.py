@@ -18,7 +18,17 @@ import pytest
 from tests.backends import seed_run
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPARED = ["ClipByGlobalNorm", "ClipByValue", "AdaptiveGradClip", "AutoClip", "ZClip"]
+COMPARED = [
+    "ClipByGlobalNorm",
+    "ClipByValue",
+    "AdaptiveGradClip",
+    "AutoClip",
+    "ZClip",
+    "ZClipPercentileSkip",
+    "AdaGC",
+    "ClipByBlockRMS",
+    "SkipSpikes",
+]
 
 
 def _env(backend: str) -> dict[str, str]:
@@ -45,11 +55,15 @@ def tensorflow_runs(tmp_path_factory):
 def test_import_does_not_load_tensorflow(backend):
     code = (
         "import sys, keras_clip; loaded = sorted(m for m in sys.modules if m.startswith('tensorflow')); "
-        "assert not loaded, loaded[:3]; print(keras_clip.ClipByGlobalNorm(1.0))"
+        "assert not loaded, loaded[:3]; print(keras_clip.ClipByGlobalNorm(1.0))\n"
+        "try:\n    keras_clip.PerExampleClip\nexcept ImportError as e:\n    print(e)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=_env(backend), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ClipByGlobalNorm" in out.stdout
+    # Per-example clipping is TensorFlow-only: asking for it says so, and names the fix.
+    fix = f"Set the environment variable KERAS_BACKEND=tensorflow. Received: backend='{backend}'"
+    assert "needs the TensorFlow backend" in out.stdout and fix in out.stdout
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
