@@ -114,3 +114,17 @@ def save_load_and_go_on(model, data, epochs: int, tmp_path):
     for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
     return loaded, fit_quietly(loaded, data, epochs)
+
+
+def script_result(script, *args, timeout: int = 600):
+    """Runs a script of `tests/distributed/` in its own process; returns the JSON of its `RESULT ` line."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent / "distributed" / script
+    run = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, run.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT ") :])
