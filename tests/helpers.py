@@ -80,3 +80,51 @@ def read_run(log_dir):
 def scalars(events, tag):
     """One tag's events as `[(step, value)]`."""
     return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events[tag]]
+
+
+def tiny_clipping_model(clipping, optimizer=None, seed: int = 0):
+    """Dense(3, relu, "hidden") -> Dense(1, "head"), XLA, seeded: the resume tests' model."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
+    model = kc.ClippingModel(inputs, keras.layers.Dense(1, name="head")(hidden))
+    optimizer = optimizer or keras.optimizers.SGD(0.01, momentum=0.9)
+    model.compile(optimizer=optimizer, loss="mse", clipping=clipping, jit_compile=True)
+    return model
+
+
+def fit_quietly(model, data, epochs: int, **kwargs):
+    """`fit` in order (no shuffle), batch 16, silent; returns the History's dict."""
+    return model.fit(*data, batch_size=16, epochs=epochs, shuffle=False, verbose=0, **kwargs).history
+
+
+def assert_same_run(a, b):
+    """Bit-identical weights and optimizer variables (the inner optimizer's, the counters, the strategy's state)."""
+    left, right = a.weights + a.optimizer.variables, b.weights + b.optimizer.variables
+    assert len(left) == len(right)
+    for u, v in zip(left, right):
+        np.testing.assert_array_equal(u.numpy(), v.numpy(), err_msg=u.path)
+
+
+def save_load_and_go_on(model, data, epochs: int, tmp_path):
+    """Saves a trained model to a .keras file, loads it, checks the state came back, trains on."""
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.clipping.get_config() == model.clipping.get_config()
+    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+    return loaded, fit_quietly(loaded, data, epochs)
+
+
+def script_result(script, *args, timeout: int = 600):
+    """Runs a script of `tests/distributed/` in its own process; returns the JSON of its `RESULT ` line."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent / "distributed" / script
+    run = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, run.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT ") :])

@@ -8,6 +8,7 @@ import tensorflow as tf
 import keras_clip
 from keras_clip import AdaptiveGradClip, AutoClip, ByVariable, Chain, ClipByGlobalNorm, ClipByValue, ZClip
 from keras_clip.experiments import problems
+from tests.helpers import assert_same_run, save_load_and_go_on, tiny_clipping_model
 
 # Every adaptive strategy, nested, with settings that make each clip on the tiny problem.
 STATEFUL = {
@@ -20,26 +21,11 @@ STATEFUL = {
 
 
 def tiny_model(clipping, seed: int = 0) -> keras_clip.ClippingModel:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4,))
-    hidden = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
-    model = keras_clip.ClippingModel(inputs, keras.layers.Dense(1, name="head")(hidden))
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="mse", clipping=clipping, jit_compile=True)
-    return model
+    return tiny_clipping_model(clipping, seed=seed)
 
 
 def fit(model, data, epochs: int, **kwargs):
     return model.fit(*data, batch_size=16, epochs=epochs, shuffle=False, verbose=0, **kwargs)
-
-
-def assert_same_run(a, b):
-    """Bit-identical weights, optimizer variables and clipping state."""
-    for group in ("weights", "clipping_state"):
-        left = a.weights + a.optimizer.variables if group == "weights" else a.clipping.variables
-        right = b.weights + b.optimizer.variables if group == "weights" else b.clipping.variables
-        assert len(left) == len(right)
-        for u, v in zip(left, right):
-            np.testing.assert_array_equal(u.numpy(), v.numpy(), err_msg=f"{group}: {u.path}")
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +43,7 @@ def uninterrupted(small_data):
 def test_save_load_restores_state_and_continues_bit_identically(name, small_data, uninterrupted, tmp_path):
     model = tiny_model(STATEFUL[name]())
     fit(model, small_data, 2)
-    model.save(tmp_path / "model.keras")
-    loaded = keras.models.load_model(tmp_path / "model.keras")
-    assert loaded.clipping.get_config() == model.clipping.get_config()
-    for saved, restored in zip(model.clipping.variables, loaded.clipping.variables):
-        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
-    fit(loaded, small_data, 2)
+    loaded, _ = save_load_and_go_on(model, small_data, 2, tmp_path)
     assert_same_run(loaded, uninterrupted[name])
 
 

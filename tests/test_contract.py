@@ -35,6 +35,8 @@ FACTORIES = {
     **COMPOSITES,
 }
 NAMES = list(FACTORIES)
+# Strategies that never see a summed gradient, with the suite that checks them instead.
+OWN_CONTRACT = {"PerExampleClip": "tests/test_privacy.py: it clips each example inside the model's step"}
 # Defaults whose warm-up outlasts SCALES: a short one, so that the XLA comparison reaches the skip.
 SHORT_WARMUP = {"SkipSpikes": lambda: kc.SkipSpikes(0.5, window=4, warmup_steps=2)}
 SCALES = [1.0, 3.0, 0.5, 9.0]  # One gradient direction at four sizes: the adaptive strategies clip the second.
@@ -82,7 +84,8 @@ def test_every_strategy_class_is_checked():
     # Per-example clipping works on per-example gradients and adds noise: tests/test_privacy.py checks it.
     classes.discard("PerExampleClip")
     checked = {type(factory()).__name__ for factory in FACTORIES.values()}
-    assert classes <= checked, f"Register a name (or add an example) for {sorted(classes - checked)}"
+    missing = sorted(classes - set(OWN_CONTRACT) - checked)
+    assert not missing, f"Register a name (or add an example) for {missing}"
 
 
 @pytest.mark.parametrize("name", NAMES)

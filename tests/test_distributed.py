@@ -6,16 +6,13 @@ under MirroredStrategy at all (plain Keras fails the same way), so these runs
 use jit off and one step per execution.
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import script_result
+
 pytestmark = pytest.mark.slow  # subprocess: MirroredStrategy on 2 logical CPUs
 
-SCRIPT = Path(__file__).parent / "distributed" / "mirrored_run.py"
 OURS = ["ClipByGlobalNorm", "ClipByNorm", "ClipByValue", "ClipByGlobalNorm_inf", "skip_poisoned"]
 OURS += ["AutoClip", "ZClip", "AdaptiveGradClip"]
 
@@ -23,10 +20,7 @@ OURS += ["AutoClip", "ZClip", "AdaptiveGradClip"]
 @pytest.fixture(scope="module")
 def results():
     cases = OURS + ["keras_global_clipnorm", "keras_no_clip"]
-    run = subprocess.run([sys.executable, str(SCRIPT), *cases], capture_output=True, text=True, timeout=600)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stderr[-4000:]
-    return {r["case"]: r for r in json.loads(lines[-1][len("RESULT ") :])}
+    return {r["case"]: r for r in script_result("mirrored_run.py", *cases)}
 
 
 @pytest.mark.parametrize("case", OURS)

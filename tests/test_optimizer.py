@@ -1,9 +1,5 @@
 """ClippingOptimizer: the clip site every training step ends in (fit, custom steps, tape loops)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,7 +8,7 @@ import tensorflow as tf
 
 import keras_clip as kc
 from keras_clip.callbacks.layout import POST_CLIP, PRE_CLIP
-from tests.helpers import mlp, read_run, scalars, sgd
+from tests.helpers import mlp, read_run, scalars, script_result, sgd
 
 
 def _data(n=64, features=4, seed=0):
@@ -233,11 +229,7 @@ def test_a_loss_scale_optimizer_around_it_gives_unscaled_norms():
 
 @pytest.fixture(scope="module")
 def tape_loops():
-    script = Path(__file__).parent / "distributed" / "tape_loop_run.py"
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT ") :])
+    return script_result("tape_loop_run.py", timeout=300)
 
 
 @pytest.mark.slow

@@ -1,9 +1,5 @@
 """Per-example clipping with noise (DP-SGD): the step against a loop over examples, the noise, bad input."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,6 +8,7 @@ import tensorflow as tf
 
 import keras_clip as kc
 from tests import dp_cases
+from tests.helpers import script_result
 
 
 def _one_step(jit_compile, l2_norm_clip, noise_multiplier=0.0, ghost_norms=True):
@@ -171,11 +168,7 @@ def test_a_summed_gradient_given_to_the_optimizer_is_refused():
 
 @pytest.fixture(scope="module")
 def mirrored():
-    script = Path(__file__).parent / "distributed" / "dp_run.py"
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT ") :])
+    return script_result("dp_run.py")
 
 
 @pytest.mark.parametrize("path", ["ghost", "vectorized"])

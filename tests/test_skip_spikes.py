@@ -1,10 +1,6 @@
 """SkipSpikes: the rule against numpy, and skipped batches leave no trace on the model."""
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,9 +9,7 @@ import tensorflow as tf
 
 import keras_clip as kc
 from keras_clip import SkipSpikes
-from tests.helpers import mlp, unit_direction
-
-SCRIPT = Path(__file__).parent / "distributed" / "skip_run.py"
+from tests.helpers import mlp, script_result, unit_direction
 
 
 class SkipSpikesReference:
@@ -161,10 +155,7 @@ def test_skip_under_zero_policy_and_counters_are_separate():
 
 
 def test_mirrored_replicas_skip_alike_and_match_one_device_without_the_batches():
-    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=600)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = script_result("skip_run.py")
     assert result["skipped_steps"] == [3]
     assert result["iterations"] == result["never_seen_iterations"] == 21
     assert result["max_weight_diff"] < 1e-5 and result["max_slot_diff"] < 1e-5, result

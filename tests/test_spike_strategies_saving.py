@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 
 import keras_clip as kc
+from tests.helpers import assert_same_run, save_load_and_go_on, tiny_clipping_model
+from tests.helpers import fit_quietly as fit
 
 STATEFUL = {
     "chain": lambda: kc.Chain(
@@ -29,25 +31,7 @@ def data(small_data):
 
 
 def tiny_model(clipping, seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4,))
-    hidden = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
-    model = kc.ClippingModel(inputs, keras.layers.Dense(1, name="head")(hidden))
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", clipping=clipping, jit_compile=True)
-    return model
-
-
-def fit(model, data, epochs, **kwargs):
-    return model.fit(*data, batch_size=16, epochs=epochs, shuffle=False, verbose=0, **kwargs).history
-
-
-def assert_same_run(a, b):
-    # The optimizer's variables hold the inner optimizer's, the counters and the strategy's state.
-    left = a.weights + a.optimizer.variables
-    right = b.weights + b.optimizer.variables
-    assert len(left) == len(right)
-    for u, v in zip(left, right):
-        np.testing.assert_array_equal(u.numpy(), v.numpy(), err_msg=u.path)
+    return tiny_clipping_model(clipping, keras.optimizers.Adam(0.01), seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +57,7 @@ def test_state_is_nontrivial_so_resume_tests_mean_something(uninterrupted):
 def test_save_load_restores_state_and_continues_bit_identically(name, data, uninterrupted, tmp_path):
     model = tiny_model(STATEFUL[name]())
     fit(model, data, 2)
-    model.save(tmp_path / "model.keras")
-    loaded = keras.models.load_model(tmp_path / "model.keras")
-    assert loaded.clipping.get_config() == model.clipping.get_config()
-    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
-        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
-    history = fit(loaded, data, 2)
+    loaded, history = save_load_and_go_on(model, data, 2, tmp_path)
     assert history["skipped_steps"][-1] == uninterrupted[name][1]["skipped_steps"][-1]
     assert_same_run(loaded, uninterrupted[name][0])
 
