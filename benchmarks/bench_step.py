@@ -45,7 +45,8 @@ if "--backend" in sys.argv[:-1] and sys.argv[sys.argv.index("--backend") + 1] !=
     os.environ["KERAS_BACKEND"] = sys.argv[sys.argv.index("--backend") + 1]
     import _bench_backend
 
-    _bench_backend.main()
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 9
+    _bench_backend.main(rounds=rounds)
     sys.exit(0)
 
 import keras  # noqa: E402

@@ -9,10 +9,11 @@ is global already; on PyTorch there is one process per device. There:
 - `all_reduce` returns the gradients as they are;
 - `run_if(pred, fn)` runs `fn` and keeps what it assigned only where `pred`
   holds. On JAX the update is traced in a `keras.StatelessScope`: `fn` runs
-  in a nested scope and each variable it assigned gets `where(pred, new,
-  old)`, so a skipped update leaves every variable (weights, slots, the
-  iteration counter) exactly as it was, as Keras's own JAX optimizer does for
-  gradient accumulation. On PyTorch (eager) `fn` runs only when `pred` is true;
+  in a nested scope under `jax.lax.cond`, which returns the new values of the
+  variables it assigns when `pred` holds and their old values otherwise, so a
+  skipped update leaves every variable (weights, slots, the iteration counter)
+  exactly as it was, and the usual step pays no per-entry select (XLA runs
+  only the branch taken). On PyTorch (eager) `fn` runs only when `pred` is true;
 - `apply_reduced` is `optimizer.apply`.
 """
 
@@ -61,12 +62,22 @@ class _RecordingScope(stateless_scope.StatelessScope):
 
 
 def _select_updates(pred: Any, fn: Callable[[], None]) -> None:
-    """Runs `fn` in a nested stateless scope, then assigns `where(pred, new, old)` to what it changed."""
+    """Runs `fn` under `lax.cond(pred, ...)` in a nested stateless scope and assigns what it changed."""
+    import jax
+
     outer = stateless_scope.get_stateless_scope()
-    with _RecordingScope(outer) as scope:
+    with _RecordingScope(outer) as probe:  # Traced once to learn what `fn` assigns; XLA drops the unused ops.
         fn()
-    pred = K.convert_to_tensor(pred)
-    for variable in scope.assigned.values():
-        old = variable.value  # The enclosing scope's value (or the variable's own).
-        new = scope.get_current_value(variable)
-        variable.assign(K.where(pred, K.cast(new, variable.dtype), old))
+    assigned = list(probe.assigned.values())
+    old = [variable.value for variable in assigned]  # The enclosing scope's values (or the variables' own).
+
+    def update(values: list[Any]) -> list[Any]:
+        with _RecordingScope(outer) as scope:
+            for variable, value in zip(assigned, values):
+                scope.add_update((variable, value))
+            fn()
+        return [K.cast(scope.get_current_value(v), v.dtype) for v in assigned]
+
+    new = jax.lax.cond(K.convert_to_tensor(pred), update, lambda values: list(values), old)
+    for variable, value in zip(assigned, new):
+        variable.assign(value)
