@@ -92,6 +92,16 @@ def test_two_processes_train_as_one_device(runs, case):
 
 
 @pytest.mark.slow
+def test_each_process_feeds_its_half_of_every_global_batch(runs):
+    x, _ = seed_run.data()
+    half = seed_run.BATCH // 2
+    for index in range(2):
+        first, second = (np.asarray(b, np.float32) for b in runs[f"process{index}"]["local_batches"])
+        np.testing.assert_array_equal(first, x[index * half : (index + 1) * half])
+        np.testing.assert_array_equal(second, x[seed_run.BATCH + index * half : seed_run.BATCH + (index + 1) * half])
+
+
+@pytest.mark.slow
 def test_local_arrays_without_auto_sharding_train_as_one_device(runs):
     """Each process feeds NumPy arrays of its own half of every global batch (`auto_shard_dataset=False`)."""
     assert_same_as_one_device(runs, LOCAL_ARRAYS, "ClipByGlobalNorm")

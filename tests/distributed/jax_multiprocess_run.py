@@ -18,7 +18,8 @@ some steps and not others, and the run converges without clipping too):
 - `ClipByGlobalNorm_local_arrays`: from NumPy arrays holding this process's half of
   every global batch, with `auto_shard_dataset=False`.
 The one-device reference trains each case from the NumPy arrays of the global batches.
-The file also has the error Keras raises for NumPy arrays with auto-sharding on.
+The file also has the first batches this process feeds from the dataset, and the error
+Keras raises for NumPy arrays with auto-sharding on.
 """
 
 import faulthandler
@@ -93,6 +94,14 @@ def fit(case, out_dir):
             "log_dir": log_dir}
 
 
+def local_batches(count=2):
+    """The first `count` batches of x this process feeds from the tf.data.Dataset (Keras's `distribute_dataset`)."""
+    x, y = data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(seed_run.BATCH)
+    local = keras.distribution.distribution().distribute_dataset(dataset)
+    return [batch_x.numpy().tolist() for batch_x, _ in local.take(count)]
+
+
 def numpy_with_auto_shard():
     """What Keras does with NumPy arrays when the distribution auto-shards (its default)."""
     model = seed_run.compiled_model(STRATEGIES["ClipByGlobalNorm"](), jit_compile=True)
@@ -112,6 +121,7 @@ def main(out_dir):
         keras.distribution.set_distribution(distribution)
     result = {"cases": {case: fit(case, out_dir) for case in STRATEGIES}}
     if MULTI:
+        result["local_batches"] = local_batches()
         result["numpy_with_auto_shard"] = numpy_with_auto_shard()
         distribution.auto_shard_dataset = False
         result["cases"][LOCAL_ARRAYS] = fit(LOCAL_ARRAYS, out_dir)
