@@ -166,3 +166,19 @@ def test_documented_commands_train_two_processes(tmp_path):
     assert [line.split(":")[0] for line in lines] == ["process 0", "process 1"], err[-3000:]
     assert lines[0].split(":")[1] == lines[1].split(":")[1]  # the same global figures
     assert len(list((tmp_path / "runs" / "jax" / "train").iterdir())) == 1  # process 0's event file
+
+
+# --- Nothing hangs ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_process_left_alone_is_killed_at_the_deadline(tmp_path):
+    """Process 1 is killed at once: process 0 waits for it in `initialize` until the harness kills it."""
+    with jax_cluster.JaxProcesses(SCRIPT, [str(tmp_path)], 2, tmp_path, timeout=20) as processes:
+        processes.kill(1)
+        codes = processes.run()
+        survivor = processes.procs[0]
+    assert codes[0] is None  # killed at the deadline, not exited
+    assert survivor.poll() is not None
+    assert not mwms_cluster.listening(processes.port)
+    assert not list(tmp_path.glob("process*.json"))

@@ -47,9 +47,13 @@ class JaxProcesses(mwms_cluster.Cluster):
     def __enter__(self) -> JaxProcesses:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         count = len(self.ports)
-        for index in range(count):
-            env = jax_env(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{self.port}",
-                          KERAS_DISTRIBUTION_NUM_PROCESSES=str(count), KERAS_DISTRIBUTION_PROCESS_ID=str(index),
-                          WORKER_TIMEOUT=str(max(self.remaining(), 1.0)))
-            self.procs.append(start(self.script, self.args, env, self.log_dir / f"worker{index}.log"))
+        try:
+            for index in range(count):
+                env = jax_env(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{self.port}",
+                              KERAS_DISTRIBUTION_NUM_PROCESSES=str(count), KERAS_DISTRIBUTION_PROCESS_ID=str(index),
+                              WORKER_TIMEOUT=str(max(self.remaining(), 1.0)))
+                self.procs.append(start(self.script, self.args, env, self.log_dir / f"worker{index}.log"))
+        except BaseException:
+            self.stop()  # the processes already started
+            raise
         return self
