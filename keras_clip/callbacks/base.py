@@ -21,7 +21,7 @@ class RecordingCallback(keras.callbacks.Callback):
     pairs (prefix `""` for `model.optimizer`, `"d_optimizer/"` for another
     attribute), and write through `_train_writer`, created on first use
     under `self.log_dir` and closed when `fit()` ends. Under multi-worker
-    training only the chief writes.
+    training only the chief writes (see `is_chief`).
     """
 
     _per_variable = False
@@ -37,9 +37,7 @@ class RecordingCallback(keras.callbacks.Callback):
     @property
     def _train_writer(self) -> EventWriter | NullWriter:
         if self._writer is None:
-            strategy = getattr(self.model, "distribute_strategy", None)
-            chief = strategy is None or strategy.extended.should_save_summary
-            self._writer = EventWriter(self.log_dir) if chief else NullWriter()
+            self._writer = EventWriter(self.log_dir) if is_chief(self.model) else NullWriter()
         return self._writer
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -90,6 +88,26 @@ class RecordingCallback(keras.callbacks.Callback):
                 self._cursors[id(optimizer)] = steps[-1].step
             found += [(prefix, step) for step in steps]
         return found
+
+
+def is_chief(model: keras.Model) -> bool:
+    """Whether this process writes the logs: the chief worker under `tf.distribute`, process 0 on JAX.
+
+    Args:
+        model: keras.Model. The model being trained.
+
+    Returns:
+        True on one process only of a multi-worker (TensorFlow) or multi-process (JAX) run, and
+        on every single-process run.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None:
+        return bool(strategy.extended.should_save_summary)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True
 
 
 def _traced_without(model: keras.Model, recorder: recorder_lib.StepRecorder) -> bool:

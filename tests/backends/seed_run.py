@@ -56,6 +56,15 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 def run(name: str, epochs: int = 1, jit_compile: bool | str = "auto") -> tuple[list[np.ndarray], np.ndarray]:
     """Trains `epochs` times `STEPS` steps with one strategy; returns the weights and each step's logged loss."""
+    model = compiled_model(STRATEGIES[name](), jit_compile)
+    x, y = data()
+    losses = LossesPerStep()
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[losses])
+    return [np.asarray(w) for w in model.get_weights()], np.asarray(losses.losses)
+
+
+def compiled_model(clipping: kc.ClipStrategy | None, jit_compile: bool | str = "auto") -> kc.ClippingModel:
+    """Dense(25, relu) -> Dense(1) with `initial_weights()`, SGD(0.07, momentum 0.8), MSE, `clipping`."""
     inputs = keras.Input((20,))
     hidden = keras.layers.Dense(25, activation="relu")(inputs)
     model = kc.ClippingModel(inputs, keras.layers.Dense(1)(hidden))
@@ -63,14 +72,16 @@ def run(name: str, epochs: int = 1, jit_compile: bool | str = "auto") -> tuple[l
     model.compile(
         optimizer=keras.optimizers.SGD(0.07, momentum=0.8),
         loss="mse",
-        clipping=STRATEGIES[name](),
+        clipping=clipping,
         on_nonfinite="propagate",
         jit_compile=jit_compile,
     )
-    x, y = data()
-    losses = LossesPerStep()
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[losses])
-    return [np.asarray(w) for w in model.get_weights()], np.asarray(losses.losses)
+    return model
+
+
+def relative_difference(weights: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """The worst variable's L2 norm of `weights - reference` over the norm of `reference`."""
+    return max(float(np.linalg.norm(w - r) / max(np.linalg.norm(r), 1e-30)) for w, r in zip(weights, reference))
 
 
 class LossesPerStep(keras.callbacks.Callback):
