@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
 
 import keras_clip as kc
 from keras_clip.callbacks import layout
@@ -115,6 +116,13 @@ def test_custom_scalars_layout_puts_pre_post_threshold_on_one_chart(two_fits):
     charts = [chart for category in parsed.category for chart in category.chart]
     tags = [list(chart.multiline.tag) for chart in charts]
     assert ["^grad_norm/pre_clip$", "^grad_norm/post_clip$", "^grad_norm/threshold$"] in tags
+
+
+def test_layout_summary_is_tensorboards_own_without_tensorflow():
+    # TensorBoard's `pb` imports TensorFlow; ours builds the same bytes from its protos alone.
+    prefixes = ["", "d_optimizer/"]
+    ours = layout.layout_summary(prefixes).SerializeToString()
+    assert ours == custom_scalar_summary.pb(layout.layout(prefixes)).SerializeToString()
 
 
 def test_side_by_side_with_keras_tensorboard(two_fits):

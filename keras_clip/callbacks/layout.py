@@ -10,8 +10,10 @@ import math
 import re
 from typing import Any, Sequence
 
-from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
+import numpy as np
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+from tensorboard.util import tensor_util
 
 PRE_CLIP = "grad_norm/pre_clip"
 POST_CLIP = "grad_norm/post_clip"
@@ -127,5 +129,16 @@ def _category(prefix: str) -> layout_pb2.Category:
 
 
 def layout_summary(prefixes: Sequence[str] = ("",)) -> Any:
-    """The layout as a `Summary` proto, ready to write at any step."""
-    return custom_scalar_summary.pb(layout(prefixes))
+    """The layout as a `Summary` proto, ready to write at any step.
+
+    What `tensorboard.plugins.custom_scalar.summary.pb` builds, from
+    TensorBoard's own protos: that function imports TensorFlow, which the
+    JAX and PyTorch backends must not need.
+    """
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=metadata.CONFIG_SUMMARY_TAG,
+        metadata=metadata.create_summary_metadata(),
+        tensor=tensor_util.make_tensor_proto(np.array(layout(prefixes).SerializeToString(), dtype=object)),
+    )
+    return summary

@@ -66,6 +66,26 @@ def test_import_does_not_load_tensorflow(backend):
     assert "needs the TensorFlow backend" in out.stdout and fix in out.stdout
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_callbacks_write_event_files_without_tensorflow(backend, tmp_path):
+    # TensorFlow made unimportable, as on a machine without it: TensorBoard falls back to its own stub.
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "import keras, numpy as np, keras_clip\n"
+        "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
+        "x = np.ones((8, 3), 'float32'); i = keras.Input((3,))\n"
+        "m = keras_clip.ClippingModel(i, keras.layers.Dense(1)(i))\n"
+        "m.compile('sgd', 'mse', clipping=keras_clip.ClipByGlobalNorm(1.0))\n"
+        f"logger = keras_clip.GradientNormLogger({str(tmp_path)!r}, per_variable=True)\n"
+        "m.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, callbacks=[logger, keras_clip.GradientSpikeMonitor()])\n"
+        f"events = EventAccumulator({str(tmp_path / 'train')!r}); events.Reload()\n"
+        "print(sorted(events.Tags()['tensors']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=_env(backend), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "'grad_norm/pre_clip'" in out.stdout and "'custom_scalars__config__'" in out.stdout, out.stdout
+
+
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
