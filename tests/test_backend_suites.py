@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backend_suite_passes(backend):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "tests/backends"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "--run-slow"]
+    command.append("tests/backends")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "(no output)"
     output = f"{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
