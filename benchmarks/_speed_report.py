@@ -137,8 +137,8 @@ def figure(results: Sequence[dict[str, Any]], path: str) -> None:
             off = [lr for lr, v in zip(family.learning_rates, finals) if v > ceiling]
             ax.plot(off, [ceiling] * len(off), "x", color=line.get_color(), markersize=9)
         ax.axhline(family.target, color="gray", linestyle="--", linewidth=1, label="target")
-        ax.set(xscale="log", yscale="log", xlabel="learning rate (SGD)", title=family.name)
-    np.atleast_1d(axes)[0].set_ylabel("final loss, median of seeds (x: diverged or above 10x baseline)")
+        ax.set(xscale="log", yscale="log", xlabel="learning rate (SGD)", title=f"{family.name} (x: diverged)")
+    np.atleast_1d(axes)[0].set_ylabel("final loss, median over seeds")
     np.atleast_1d(axes)[0].legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
