@@ -158,15 +158,16 @@ def describe(suggestion: Suggestion, source: str) -> str:
     ]
     if s.diverging:
         turned = "turned NaN/inf" if s.nonfinite_steps else f"grew {s.growth:.2g}x"
-        lines.append(
-            f"Warning: these norms {turned}: they describe a diverging run, and a threshold read off them is far "
-            "above one that keeps it stable. Log a run that trains (a smaller learning rate) and read its norms."
-        )
-    lines.append(
-        "This reports the norms; it is not a tuned setting. A threshold read off one run and used at that run's "
-        "learning rate is not reliably close to the best tuned run: while every step is clipped only "
-        "learning_rate x threshold matters, so tune the learning rate with the threshold."
-    )
+        lines += [
+            f"Warning: these norms {turned}: they describe a diverging run, and a threshold read off",
+            "  them is far above one that keeps it stable. Log a run that trains (a smaller learning rate)",
+            "  and read its norms.",
+        ]
+    lines += [
+        "Not a tuned setting: a threshold read off one run, used at that run's learning rate, was not reliably",
+        "  close to the best tuned run in measured sweeps. While every step is clipped only",
+        "  learning_rate x threshold matters: tune the learning rate together with the threshold.",
+    ]
     return "\n".join(lines)
 
 
