@@ -39,6 +39,7 @@ class Family:
         reference_lr: Float. The learning rate of the short run `suggest` reads its norms from.
         baseline: Float. The loss of the best constant prediction.
         target_fraction: Float. A run reaches the target when its epoch loss is at most `target_fraction * baseline`.
+        jit_compile: Boolean. Compile the train step with XLA (off in `--quick`: compiling costs more than its runs).
     """
 
     name: str
@@ -53,6 +54,7 @@ class Family:
     reference_lr: float
     baseline: float
     target_fraction: float
+    jit_compile: bool = True
 
     @property
     def target(self) -> float:
@@ -120,21 +122,21 @@ def families(quick: bool = False) -> list[Family]:
             epochs=4 if quick else 20, momentum=problems.SEED_MOMENTUM,
             learning_rates=grid(1e-3),
             max_norms=(1.0, 10.0, 100.0), reference_lr=problems.SEED_LEARNING_RATE,
-            baseline=float(np.var(seed_data[1])), target_fraction=0.01,
+            baseline=float(np.var(seed_data[1])), target_fraction=0.01, jit_compile=not quick,
         ),
         Family(
             "IRNN sum", lambda: problems.rnn_model(steps=steps), rnn_data, "mse", problems.RNN_BATCH_SIZE,
             epochs=3 if quick else 15, momentum=problems.RNN_MOMENTUM,
             learning_rates=grid(1e-4),
             max_norms=(0.1, 1.0, 10.0), reference_lr=problems.RNN_LEARNING_RATE,
-            baseline=float(np.var(rnn_data[1])), target_fraction=0.1,
+            baseline=float(np.var(rnn_data[1])), target_fraction=0.1, jit_compile=not quick,
         ),
         Family(
             "transformer", transformer_model, tokens, "sparse_categorical_crossentropy_logits", 64,
             epochs=3 if quick else 15, momentum=0.9,
             learning_rates=grid(3e-3),
             max_norms=(0.1, 1.0, 10.0), reference_lr=0.1,
-            baseline=_class_entropy(tokens[1]), target_fraction=0.25,
+            baseline=_class_entropy(tokens[1]), target_fraction=0.25, jit_compile=not quick,
         ),
     ]
 

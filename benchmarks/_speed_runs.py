@@ -24,14 +24,14 @@ from keras_clip.experiments import problems
 
 
 def compiled(family: Family, clipping: kc.ClipStrategy | None, steps_per_execution: int) -> keras.Model:
-    """A family's model compiled with `clipping`, SGD with the family's momentum, XLA."""
+    """A family's model compiled with `clipping`, SGD with the family's momentum, XLA unless the family says not."""
     model = family.build_model()
     model.compile(
         optimizer=problems.sgd(family.learning_rates[0], family.momentum),
         loss=keras_loss(family.loss),
         clipping=clipping,
         on_nonfinite="propagate",
-        jit_compile=True,
+        jit_compile=family.jit_compile,
         steps_per_execution=steps_per_execution,
     )
     return model

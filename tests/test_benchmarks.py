@@ -101,7 +101,7 @@ def test_bench_dp_tiny_prints_every_model_and_variant(runs):
 
 
 def test_clipping_speed_quick_sweeps_every_family(tmp_path):
-    """The tuned comparison in `--quick` mode: every family, both kinds, the reuse check and the suggest row."""
+    """The tuned comparison in `--quick` mode: every family and kind, the reuse check and the suggest row."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     out_json = tmp_path / "speed.json"
     process = subprocess.run(
@@ -114,13 +114,13 @@ def test_clipping_speed_quick_sweeps_every_family(tmp_path):
     assert [s.splitlines()[0] for s in sections] == ["seed regression", "IRNN sum", "transformer"]
     for section in sections:
         table = _table(section)
-        assert list(table) == ["none", "ClipByGlobalNorm"]
+        assert list(table) == ["none", "ClipByGlobalNorm", "AutoClip", "ZClip", "AdaptiveGradClip"]
         assert "1.00" in [row[2] for row in table.values()]  # the best kind is the reference of the ratios
         assert re.search(r"^- suggest \(percentile 90\): ", section, re.M)
     # A model reset between runs trains exactly as a freshly compiled one (checked on the first family).
     assert "largest relative difference of the epoch losses: 0\n" in sections[0]
     runs = json.loads(out_json.read_text())["runs"]
-    assert len(runs) == 3 * 2 * 3  # families x kinds x learning rates, one seed
+    assert len(runs) == 3 * 5 * 3  # families x kinds (one threshold) x learning rates, one seed
     seed = {(r["label"], r["lr"]): r["losses"] for r in runs if r["family"] == "seed regression"}
     assert all(len(losses) == 4 for losses in seed.values())
     # Without clipping the seed regression diverges at the largest rate; clipped, it does not.
