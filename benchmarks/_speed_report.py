@@ -66,7 +66,7 @@ def best_per_kind(configs: dict[tuple[str, float], dict[str, Any]], family: Fami
 
 
 def number(value: float) -> str:
-    """Four significant digits; `diverged` for inf, `-` for an unreached target."""
+    """Four significant digits; `nan/inf` for a run that diverged."""
     return f"{value:.4g}" if math.isfinite(value) else "nan/inf"
 
 

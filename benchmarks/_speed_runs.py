@@ -10,7 +10,6 @@ step, and the learning rate (a variable of the traced step) to the run's.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from typing import Callable
 
@@ -130,7 +129,3 @@ def short_run_norms(unclipped: Runner, epochs: int, seed: int = 0) -> list[float
         unclipped.run(unclipped.family.reference_lr, seed, epochs=epochs, callbacks=callbacks)
         return suggest_cli.read_norms(logdir)
 
-
-def finite_or_inf(value: float) -> float:
-    """NaN and inf losses rank last."""
-    return value if math.isfinite(value) else math.inf

@@ -103,7 +103,8 @@ def describe_family(family: Family, seeds: tuple[int, ...]) -> str:
     )
 
 
-def _clean(value):
+def _clean(value: object) -> object:
+    """`value` with every non-finite float, however deeply nested, as a string (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
