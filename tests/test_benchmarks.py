@@ -4,6 +4,8 @@ No figure is asserted (the machines the tests run on are shared and noisy);
 `docs/benchmarks.md` holds the measured figures and the command behind them.
 """
 
+import json
+import math
 import os
 import re
 import subprocess
@@ -96,3 +98,32 @@ def test_bench_dp_tiny_prints_every_model_and_variant(runs):
         assert re.search(rf"^{model} \(batch \d+", out, re.M), out
     for variant in ("keras", "dp_ghost", "dp_vectorized"):
         assert len(re.findall(rf"^  {variant} +[\d.]+ +[\d.]+ +[\d.]+", out, re.M)) == 3, out
+
+
+def test_clipping_speed_quick_sweeps_every_family(tmp_path):
+    """The tuned comparison in `--quick` mode: every family and kind, the reuse check and the suggest row."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    out_json = tmp_path / "speed.json"
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "clipping_speed.py"), "--quick", "--json", str(out_json)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    out = process.stdout
+    sections = out.split("### ")[1:]
+    assert [s.splitlines()[0] for s in sections] == ["seed regression", "IRNN sum", "transformer"]
+    for section in sections:
+        table = _table(section)
+        assert list(table) == ["none", "ClipByGlobalNorm", "AutoClip", "ZClip", "AdaptiveGradClip"]
+        assert "1.00" in [row[2] for row in table.values()]  # the best kind is the reference of the ratios
+        assert re.search(r"^- suggest \(percentile 90\): ", section, re.M)
+    # A model reset between runs trains exactly as a freshly compiled one (checked on the first family).
+    assert "largest relative difference of the epoch losses: 0\n" in sections[0]
+    runs = json.loads(out_json.read_text())["runs"]
+    assert len(runs) == 3 * 5 * 3  # families x kinds (one threshold) x learning rates, one seed
+    seed = {(r["label"], r["lr"]): r["losses"] for r in runs if r["family"] == "seed regression"}
+    assert all(len(losses) == 4 for losses in seed.values())
+    # Without clipping the seed regression diverges at the largest rate; clipped, it does not.
+    assert not math.isfinite(float(seed[("none", 1.0)][-1]))  # non-finite losses are written as strings
+    clipped = [float(v) for v in seed[("ClipByGlobalNorm(10)", 1.0)]]
+    assert all(math.isfinite(v) for v in clipped) and clipped[-1] < clipped[0]

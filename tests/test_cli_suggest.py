@@ -52,9 +52,15 @@ def test_threshold_is_the_percentile_of_the_logged_norms(capsys, logged_run, per
     assert f"of {STEPS} steps in {log_dir}:" in out
     summary = f"median {np.median(norms):.3g}; percentile {percentile:g}: {threshold:.3g}; largest {norms.max():.3g}"
     assert summary in out
-    assert f"clipping=keras_clip.ClipByGlobalNorm({threshold:g})" in out
+    assert f"Percentile {percentile:g} as a threshold: clipping=keras_clip.ClipByGlobalNorm({threshold:g})" in out
     assert f"it would have clipped {clipped} of these {STEPS} steps ({100 * clipped / STEPS:.1f}%)" in out
     assert 0 < clipped < STEPS  # the run's norms spread: the count depends on the percentile
+    first, last = np.median(norms[: STEPS // 4]), np.median(norms[-(STEPS // 4):])
+    quarters = f"first quarter of the steps: median {first:.3g}; last quarter: median {last:.3g}"
+    assert f"{quarters} ({last / first:.2g}x)" in out
+    # A clipped run that trains: its norms do not grow, so no warning; the caveat is always printed.
+    assert "Warning:" not in out and "Not a tuned setting: a threshold read off one run" in out
+    assert "Suggested:" not in out  # it reports what the norms show, it does not pretend to tune
 
 
 def test_default_percentile_is_90(capsys, logged_run):
@@ -68,8 +74,20 @@ def test_suggestion_properties():
     assert (top.threshold, top.steps_clipped, top.steps, top.nonfinite_steps) == (4.0, 0, 4, 2)
     half = suggest_module.suggest(norms, 50.0)
     assert (half.threshold, half.median, half.steps_clipped) == (2.5, 2.5, 2)  # numpy's linear interpolation
-    assert "Note: this run's gradient turned NaN/inf" in suggest_module.describe(top, "run")
-    assert "Note:" not in suggest_module.describe(suggest_module.suggest(norms[:3], 50.0), "run")
+    assert "Warning: these norms turned NaN/inf: they describe a diverging run" in suggest_module.describe(top, "run")
+    steady = suggest_module.suggest(norms[:3], 50.0)
+    assert not steady.diverging and "Warning:" not in suggest_module.describe(steady, "run")
+
+
+def test_growing_norms_are_flagged_as_diverging():
+    # Finite, but the last quarter's median is 12x the first quarter's: the run was blowing up.
+    growing = suggest_module.suggest([1.0, 1.0, 2.0, 4.0, 6.0, 9.0, 12.0, 12.0], 90.0)
+    assert (growing.first_median, growing.last_median, growing.growth) == (1.0, 12.0, 12.0)
+    assert growing.diverging and growing.nonfinite_steps == 0
+    assert "Warning: these norms grew 12x: they describe a diverging run" in suggest_module.describe(growing, "r")
+    shrinking = suggest_module.suggest([12.0, 12.0, 9.0, 6.0, 4.0, 2.0, 1.0, 1.0], 90.0)
+    assert shrinking.growth == pytest.approx(1 / 12) and not shrinking.diverging
+    assert suggest_module.suggest([5.0], 50.0).growth == 1.0  # one step: both quarters are that step
     with pytest.raises(ValueError, match="no finite norm"):
         suggest_module.suggest([math.nan, math.inf], 90.0)
 
@@ -81,7 +99,7 @@ def test_needs_neither_matplotlib_nor_a_writable_logdir(capsys, monkeypatch, log
         keras_clip.cli.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else real_find_spec(name)
     )
     monkeypatch.setattr(kc.cli, "check_writable", lambda parser, logdir: pytest.fail("suggest writes nothing"))
-    assert "Suggested:" in _suggest(capsys, "--logdir", str(log_dir))
+    assert "as a threshold: clipping=" in _suggest(capsys, "--logdir", str(log_dir))
 
 
 def _error(capsys, logdir) -> str:

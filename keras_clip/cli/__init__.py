@@ -150,12 +150,14 @@ def _add_suggest(commands: Any) -> None:
     suggest = _subcommand(
         commands,
         "suggest",
-        help="read a run's logged pre-clip norms and suggest a ClipByGlobalNorm threshold",
+        help="report what a run's logged pre-clip norms show, and a percentile of them as a threshold",
         description=(
             "Reads the pre-clip global gradient norm of every step (tag grad_norm/pre_clip, written by "
-            "keras_clip.GradientNormLogger into RUN/train) from a run's TensorBoard event files and suggests "
-            "a ClipByGlobalNorm threshold: the chosen percentile of those norms. Prints the median, the "
-            "percentile and how many of the run's steps it would have clipped. Best read from a healthy run."
+            "keras_clip.GradientNormLogger into RUN/train) from a run's TensorBoard event files. Prints the "
+            "median, the chosen percentile, the largest norm, how much the norms grew over the run, and how "
+            "many steps that percentile would have clipped as a ClipByGlobalNorm threshold; warns when the "
+            "norms are a diverging run's. Not a tuned setting: tune the learning rate with the threshold. "
+            "Best read from a healthy run."
         ),
     )
     suggest.add_argument(

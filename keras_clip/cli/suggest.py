@@ -1,4 +1,12 @@
-"""`keras-clip suggest`: a `ClipByGlobalNorm` threshold from a run's logged pre-clip norms."""
+"""`keras-clip suggest`: what a run's logged pre-clip norms show, and a percentile of them as a threshold.
+
+It reports; it does not tune. Measured on three model families (see the
+"Does clipping make training faster?" page of the docs), a threshold read
+off a short run and used at that run's learning rate does not reliably
+come close to the best tuned run: the learning rate has to be tuned with
+the threshold, because while every step is clipped only their product
+matters.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,8 @@ from tensorboard.util import tensor_util
 from keras_clip.callbacks import layout
 
 EVENT_GLOB = "events.out.tfevents.*"
+# Norms whose last quarter's median is this many times their first quarter's describe a diverging run.
+GROWTH_DIVERGING = 10.0
 
 
 class LogdirError(ValueError):
@@ -74,6 +84,8 @@ class Suggestion:
         steps: Integer. Steps with a finite norm.
         nonfinite_steps: Integer. Steps whose norm was NaN or inf (left out).
         steps_clipped: Integer. Finite steps whose norm is above the threshold.
+        first_median: Float. The median finite norm of the first quarter of the steps (at least one step).
+        last_median: Float. The median finite norm of the last quarter of the finite steps.
     """
 
     percentile: float
@@ -83,6 +95,18 @@ class Suggestion:
     steps: int
     nonfinite_steps: int
     steps_clipped: int
+    first_median: float
+    last_median: float
+
+    @property
+    def growth(self) -> float:
+        """How many times larger the norms of the last quarter are than those of the first."""
+        return self.last_median / self.first_median if self.first_median > 0 else math.inf
+
+    @property
+    def diverging(self) -> bool:
+        """True if the norms turned NaN/inf or grew `GROWTH_DIVERGING` times or more over the run."""
+        return self.nonfinite_steps > 0 or self.growth >= GROWTH_DIVERGING
 
 
 def suggest(norms: Sequence[float], percentile: float) -> Suggestion:
@@ -105,6 +129,7 @@ def suggest(norms: Sequence[float], percentile: float) -> Suggestion:
     if finite.size == 0:
         raise ValueError(f"no finite norm to suggest a threshold from. Received: {len(norms)} norms, none finite")
     threshold = float(f"{np.percentile(finite, percentile):.3g}")
+    quarter = max(1, finite.size // 4)
     return Suggestion(
         percentile=percentile,
         threshold=threshold,
@@ -113,22 +138,36 @@ def suggest(norms: Sequence[float], percentile: float) -> Suggestion:
         steps=int(finite.size),
         nonfinite_steps=len(norms) - int(finite.size),
         steps_clipped=int(np.sum(finite > threshold)),
+        first_median=float(np.median(finite[:quarter])),
+        last_median=float(np.median(finite[-quarter:])),
     )
 
 
 def describe(suggestion: Suggestion, source: str) -> str:
-    """The recommendation as the command prints it."""
+    """What the norms show and the percentile as a threshold, as the command prints it."""
     s = suggestion
     nonfinite = f" ({s.nonfinite_steps} non-finite left out)" if s.nonfinite_steps else ""
     share = 100.0 * s.steps_clipped / s.steps
     lines = [
         f"Pre-clip gradient norm ({layout.PRE_CLIP}) of {s.steps} steps in {source}{nonfinite}:",
         f"  median {s.median:.3g}; percentile {s.percentile:g}: {s.threshold:.3g}; largest {s.largest:.3g}",
-        f"Suggested: clipping=keras_clip.ClipByGlobalNorm({s.threshold:g})",
+        f"  first quarter of the steps: median {s.first_median:.3g}; last quarter: median {s.last_median:.3g} "
+        f"({s.growth:.2g}x)",
+        f"Percentile {s.percentile:g} as a threshold: clipping=keras_clip.ClipByGlobalNorm({s.threshold:g})",
         f"  it would have clipped {s.steps_clipped} of these {s.steps} steps ({share:.1f}%).",
     ]
-    if s.nonfinite_steps:
-        lines.append("Note: this run's gradient turned NaN/inf; a healthy run's norms make a better threshold.")
+    if s.diverging:
+        turned = "turned NaN/inf" if s.nonfinite_steps else f"grew {s.growth:.2g}x"
+        lines += [
+            f"Warning: these norms {turned}: they describe a diverging run, and a threshold read off",
+            "  them is far above one that keeps it stable. Log a run that trains (a smaller learning rate)",
+            "  and read its norms.",
+        ]
+    lines += [
+        "Not a tuned setting: a threshold read off one run, used at that run's learning rate, was not reliably",
+        "  close to the best tuned run in measured sweeps. While every step is clipped only",
+        "  learning_rate x threshold matters: tune the learning rate together with the threshold.",
+    ]
     return "\n".join(lines)
 
 
