@@ -13,7 +13,7 @@ from keras_clip import ops
 from keras_clip.strategies.base import ClipStrategy, Stats
 
 # Philox, named: TensorFlow's default ("auto_select") is Philox too on CPU without XLA, but under
-# XLA:CPU it draws about 28x slower per number (benchmarks/bench_dp.py --noise-only); ThreeFry has
+# XLA:CPU it draws about 20x slower per number (`benchmarks/bench_dp.py --generators`); ThreeFry has
 # no kernel outside XLA.
 _ALGORITHM = "philox"
 
