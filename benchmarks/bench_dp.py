@@ -19,10 +19,14 @@ the model's trainable variables, for each way of drawing it (TensorFlow's
 stateless algorithms, `tf.random.Generator`, one flat draw split over the
 variables, bfloat16, the inverse-CDF transform), with the CPU-time ratio
 to the draw `PerExampleClip` uses (`stateless_normal` with Philox named).
+With `--profile` it records one epoch of each variant with the TensorFlow
+profiler and lists the XLA thunks that took the most time per step (see
+`profile_step.py`).
 
     python benchmarks/bench_dp.py                   # every model (a few minutes)
     python benchmarks/bench_dp.py --models mlp --rounds 9
     python benchmarks/bench_dp.py --generators --models mlp,embedding
+    python benchmarks/bench_dp.py --profile --models embedding   # XLA thunk times per step
     python benchmarks/bench_dp.py --tiny            # smoke test, < 60 s
 """
 
@@ -32,6 +36,7 @@ import argparse
 import dataclasses
 import os
 import statistics
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -215,6 +220,28 @@ def bench_generators(spec: ModelSpec, rounds: int, reps: int, tiny: bool) -> lis
     return lines
 
 
+def profile_model(spec: ModelSpec, steps: int, tiny: bool, variants: tuple, top: int = 8) -> list[str]:
+    """Per variant, the milliseconds per step of the XLA thunks that took the most time."""
+    from profile_step import _WRAPPERS, thunk_times  # the profiler's protobufs load only for this
+
+    rng = np.random.default_rng(0)
+    n = spec.batch_size * steps
+    x, y = spec.inputs(n, rng), rng.integers(0, CLASSES, (n,)).astype("int32")
+    lines = []
+    for variant in variants:
+        model = build(spec, variant, tiny)
+        model.fit(x, y, batch_size=spec.batch_size, epochs=2, shuffle=False, verbose=0)
+        with tempfile.TemporaryDirectory() as trace_dir:
+            tf.profiler.experimental.start(trace_dir)
+            model.fit(x, y, batch_size=spec.batch_size, epochs=1, shuffle=False, verbose=0)
+            tf.profiler.experimental.stop()
+            times = thunk_times(trace_dir, steps)
+        work = {k: v for k, v in times.items() if not _WRAPPERS.match(k)}
+        lines.append(f"{spec.name} / {variant}: {sum(work.values()):.2f} ms of XLA thunks per step (all threads)")
+        lines += [f"  {ms:8.3f}  {name}" for name, ms in sorted(work.items(), key=lambda kv: -kv[1])[:top]]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
@@ -227,11 +254,16 @@ def main() -> None:
         help="small models, keras/dp_ghost/dp_vectorized, 2 rounds of 2 steps (smoke test)",
     )
     parser.add_argument("--generators", action="store_true", help="time the ways of drawing the noise alone")
+    parser.add_argument("--profile", action="store_true", help="XLA thunk times per step of each variant")
     args = parser.parse_args()
     if args.generators:
         print(machine_description())
         for name in args.models.split(","):
             print("\n".join(bench_generators(MODELS[name], args.rounds, 20, args.tiny)))
+        return
+    if args.profile:
+        for name in args.models.split(","):
+            print("\n".join(profile_model(MODELS[name], args.steps, args.tiny, tuple(args.variants.split(",")))))
         return
     rounds, steps = (2, 2) if args.tiny else (args.rounds, args.steps)
     variants = ("keras", "dp_ghost", "dp_vectorized") if args.tiny else tuple(args.variants.split(","))
