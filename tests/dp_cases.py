@@ -77,7 +77,14 @@ def _flat(model):
 
 
 def noise_ratio(
-    strategy, noise_multiplier=1.3, l2_norm_clip=0.7, batch=16, steps=120, lr=1.0, expected_batch_size=None
+    strategy,
+    noise_multiplier=1.3,
+    l2_norm_clip=0.7,
+    batch=16,
+    steps=120,
+    lr=1.0,
+    expected_batch_size=None,
+    jit_compile="auto",
 ):
     """Empirical std of the updates over steps and coordinates, over the formula sigma * C / B; their mean; them."""
     with strategy.scope():
@@ -85,7 +92,7 @@ def noise_ratio(
         clip = kc.PerExampleClip(
             l2_norm_clip, noise_multiplier=noise_multiplier, seed=3, expected_batch_size=expected_batch_size
         )
-        model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", clipping=clip)
+        model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", clipping=clip, jit_compile=jit_compile)
     x = np.random.default_rng(0).normal(size=(batch * steps, 50)).astype("float32")
     trace = WeightTrace()
     model.fit(

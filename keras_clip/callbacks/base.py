@@ -13,25 +13,18 @@ from keras_clip.training import recorder as recorder_lib
 from keras_clip.training.optimizer import ClippingOptimizer, clipping_optimizers
 
 
-class RecordingCallback(keras.callbacks.Callback):
-    """Base class: asks every `ClippingOptimizer` of the model to record, for the length of `fit()`.
+class WriterCallback(keras.callbacks.Callback):
+    """Base class: an event writer under `self.log_dir`, created on first use, closed when `fit()` ends.
 
-    Subclasses call `_new_steps()` from a batch or epoch hook to get every
-    update recorded since their last call, oldest first, as `(prefix, step)`
-    pairs (prefix `""` for `model.optimizer`, `"d_optimizer/"` for another
-    attribute), and write through `_train_writer`, created on first use
-    under `self.log_dir` and closed when `fit()` ends. Under multi-worker
-    training only the chief writes (see `is_chief`).
+    Subclasses write through `_train_writer`. Under multi-worker (TensorFlow)
+    or multi-process (JAX) training only the chief writes (see `is_chief`);
+    the others get a writer that drops everything.
     """
 
-    _per_variable = False
-    _gradients = False
     log_dir: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
-        self._cursors: dict[int, int] = {}
-        self._optimizers: list[tuple[str, ClippingOptimizer]] = []
         self._writer: EventWriter | NullWriter | None = None
 
     @property
@@ -39,6 +32,29 @@ class RecordingCallback(keras.callbacks.Callback):
         if self._writer is None:
             self._writer = EventWriter(self.log_dir) if is_chief(self.model) else NullWriter()
         return self._writer
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class RecordingCallback(WriterCallback):
+    """Base class: asks every `ClippingOptimizer` of the model to record, for the length of `fit()`.
+
+    Subclasses call `_new_steps()` from a batch or epoch hook to get every
+    update recorded since their last call, oldest first, as `(prefix, step)`
+    pairs (prefix `""` for `model.optimizer`, `"d_optimizer/"` for another
+    attribute), and write through `_train_writer` (see `WriterCallback`).
+    """
+
+    _per_variable = False
+    _gradients = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cursors: dict[int, int] = {}
+        self._optimizers: list[tuple[str, ClippingOptimizer]] = []
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._optimizers = clipping_optimizers(self.model)
@@ -70,9 +86,7 @@ class RecordingCallback(keras.callbacks.Callback):
         for _, optimizer in self._optimizers:
             recorder_lib.detach(optimizer)
         self._optimizers = []
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        super().on_train_end(logs)
 
     def _new_steps(self, latest_only: bool = False) -> list[tuple[str, recorder_lib.RecordedStep]]:
         found = []

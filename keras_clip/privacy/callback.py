@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
-
-from keras_clip.callbacks.writer import EventWriter, NullWriter
+from keras_clip.callbacks.base import WriterCallback
 from keras_clip.privacy.accounting import epsilon
 from keras_clip.privacy.clip import PerExampleClip
 from keras_clip.training.optimizer import unwrap
 
 
-class PrivacyBudget(keras.callbacks.Callback):
+class PrivacyBudget(WriterCallback):
     """Logs the privacy spent (ε) after every epoch and stops training before a budget is exceeded.
 
     After each epoch it computes ε with `keras_clip.privacy.epsilon` for the
@@ -60,7 +58,6 @@ class PrivacyBudget(keras.callbacks.Callback):
         self.max_epsilon = max_epsilon
         self.noise_multiplier = noise_multiplier
         self.epsilon: float | None = None
-        self._writer: EventWriter | NullWriter | None = None
 
     def _sigma(self) -> float:
         if self.noise_multiplier is not None:
@@ -84,20 +81,8 @@ class PrivacyBudget(keras.callbacks.Callback):
         if logs is not None:
             logs["epsilon"] = self.epsilon
         if self.log_dir is not None:
-            self._writer_for_chief().scalars(steps, {"privacy/epsilon": self.epsilon})
+            self._train_writer.scalars(steps, {"privacy/epsilon": self.epsilon})
         per_epoch = self.params.get("steps") if self.params else None
         if self.max_epsilon is not None and per_epoch:
             if self._epsilon(steps + int(per_epoch)) > self.max_epsilon:
                 self.model.stop_training = True
-
-    def _writer_for_chief(self) -> EventWriter | NullWriter:
-        if self._writer is None:
-            strategy = getattr(self.model, "distribute_strategy", None)
-            chief = strategy is None or strategy.extended.should_save_summary
-            self._writer = EventWriter(self.log_dir) if chief else NullWriter()
-        return self._writer
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None

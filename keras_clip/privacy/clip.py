@@ -12,6 +12,11 @@ import tensorflow as tf
 from keras_clip import ops
 from keras_clip.strategies.base import ClipStrategy, Stats
 
+# Philox, named: TensorFlow's default ("auto_select") is Philox too on CPU without XLA, but under
+# XLA:CPU it draws about 20x slower per number (`benchmarks/bench_dp.py --generators`); ThreeFry has
+# no kernel outside XLA.
+_ALGORITHM = "philox"
+
 
 @keras.saving.register_keras_serializable(package="keras_clip")
 class PerExampleClip(ClipStrategy):
@@ -158,5 +163,5 @@ class PerExampleClip(ClipStrategy):
 def _noise(grad: tf.Tensor, std: tf.Tensor, key: int, counter: Any) -> tf.Tensor:
     """Gaussian noise like `grad`, identical on every replica for the same key and counter."""
     seed = tf.stack([tf.constant(key, tf.int64), tf.convert_to_tensor(counter, tf.int64)])
-    noise = tf.random.stateless_normal(tf.shape(grad), seed=seed, dtype=tf.float32) * std
+    noise = tf.random.stateless_normal(tf.shape(grad), seed=seed, dtype=tf.float32, alg=_ALGORITHM) * std
     return tf.cast(noise, grad.dtype)
