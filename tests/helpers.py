@@ -1,6 +1,8 @@
 """Small model builders shared by the tests."""
 
 import os
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -128,3 +130,12 @@ def script_result(script, *args, timeout: int = 600):
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stderr[-4000:]
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def documented_launch(heading: str) -> tuple[str, str]:
+    """The `train.py` and the shell commands under `### heading` in docs/distributed.md, as written there."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "distributed.md").read_text()
+    section = text.split(f"### {heading}", 1)[1].split("\n### ", 1)[0]
+    script = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return script, commands

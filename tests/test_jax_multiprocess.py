@@ -8,7 +8,6 @@ that the coordinator's port is left with no listener.
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from tests.backends import seed_run
 from tests.distributed import jax_cluster, mwms_cluster
-from tests.helpers import read_run, scalars
+from tests.helpers import documented_launch, read_run, scalars
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "distributed" / "jax_multiprocess_run.py"
@@ -137,18 +136,9 @@ def test_gradient_norm_logger_writes_from_process_0_only(runs):
 # --- The documented launch --------------------------------------------------------------------
 
 
-def documented_launch():
-    """The `train.py` and the shell commands of docs/distributed.md's JAX section, as written there."""
-    text = (ROOT / "docs" / "distributed.md").read_text()
-    section = text.split("### Launching two JAX processes", 1)[1].split("\n### ", 1)[0]
-    script = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return script, commands
-
-
 @pytest.mark.slow
 def test_documented_commands_train_two_processes(tmp_path):
-    script, commands = documented_launch()
+    script, commands = documented_launch("Launching two JAX processes")
     assert "127.0.0.1:12345" in commands and "python train.py" in commands
     (tmp_path / "train.py").write_text(script)
     port = mwms_cluster.free_ports(1)[0]

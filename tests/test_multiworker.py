@@ -9,7 +9,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 import keras_clip as kc
 from keras_clip.training import multiworker
 from tests.distributed import mwms_cluster
+from tests.helpers import documented_launch
 
 ROOT = Path(__file__).resolve().parent.parent
 # The cases of `mwms_worker.py train` (not imported: it is a worker's main module).
@@ -307,18 +307,9 @@ def test_restarted_run_ends_as_the_uninterrupted_one(faults):
 # --- The documented launch --------------------------------------------------------------------
 
 
-def documented_launch():
-    """The `train.py` and the shell commands of docs/distributed.md, as written there."""
-    text = (ROOT / "docs" / "distributed.md").read_text()
-    section = text.split("### Launching two workers", 1)[1].split("\n### ", 1)[0]
-    script = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return script, commands
-
-
 @pytest.mark.slow
 def test_documented_commands_train_two_workers(tmp_path):
-    script, commands = documented_launch()
+    script, commands = documented_launch("Launching two workers")
     assert "127.0.0.1:12345" in commands and "127.0.0.1:12346" in commands and "python train.py" in commands
     (tmp_path / "train.py").write_text(script)
     ports = mwms_cluster.free_ports(2)

@@ -39,23 +39,13 @@ import tensorflow as tf  # noqa: E402
 
 import keras_clip as kc  # noqa: E402
 from tests.backends import seed_run  # noqa: E402
+from tests.distributed.batch_logs import BatchLogs  # noqa: E402
 
 MULTI = "KERAS_DISTRIBUTION_PROCESS_ID" in os.environ
 STRATEGIES = {"ClipByGlobalNorm": lambda: kc.ClipByGlobalNorm(1.0), "AutoClip": lambda: kc.AutoClip(25.0)}
 LOCAL_ARRAYS = "ClipByGlobalNorm_local_arrays"
 LOGGED = "AutoClip"
 EPOCHS = 2
-
-
-class BatchLogs(keras.callbacks.Callback):
-    """Keeps every batch's logs."""
-
-    def __init__(self):
-        super().__init__()
-        self.logs = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.logs.append({k: float(v) for k, v in logs.items()})
 
 
 def data():

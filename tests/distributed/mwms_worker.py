@@ -37,6 +37,7 @@ MULTI = "TF_CONFIG" in os.environ
 INDEX = json.loads(os.environ["TF_CONFIG"])["task"]["index"] if MULTI else None
 ROLE = f"worker{INDEX}" if MULTI else "single"
 from all_reduce_count import ALL_REDUCE_CALLS  # noqa: E402
+from batch_logs import BatchLogs  # noqa: E402
 
 STRATEGY = tf.distribute.MultiWorkerMirroredStrategy() if MULTI else tf.distribute.get_strategy()
 
@@ -90,17 +91,6 @@ def compile_model(kind, clipping):
         extra = {} if clipping is None else {"clipping": clipping()}
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", metrics=["mae"], jit_compile=False, **extra)
     return model
-
-
-class BatchLogs(keras.callbacks.Callback):
-    """Keeps every batch's logs."""
-
-    def __init__(self):
-        super().__init__()
-        self.logs = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.logs.append({k: float(v) for k, v in logs.items()})
 
 
 TRAIN_CASES = {  # a fresh strategy (and state) for every model
