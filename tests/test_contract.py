@@ -245,6 +245,50 @@ def test_clipping_an_already_clipped_gradient(name):
     assert float(again["clipped_grad_norm"]) <= float(again["grad_norm"]) * (1 + 1e-6)
 
 
+# The strategies that only multiply each gradient by a factor (a composite rescales when all its members do).
+RESCALING = {"ClipByNorm", "ClipByGlobalNorm", "AutoClip", "ZClip", "AdaptiveGradClip", "AdaGC", "ClipByBlockRMS"}
+
+
+def _only_rescales(strategy):
+    members = [*getattr(strategy, "strategies", ()), *getattr(strategy, "rules", {}).values()]
+    if isinstance(strategy, kc.ByVariable):
+        members.append(strategy.default)
+    if members:
+        return all(m is None or _only_rescales(m) for m in members)
+    return type(strategy).__name__ in RESCALING
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rescale_gives_the_factors_clip_applies(name):
+    """`rescale`'s factors times the (deduplicated) gradients are `clip`'s result, step after step, state too."""
+    variables, _ = problem()
+    factory = SHORT_WARMUP.get(type(FACTORIES[name]()).__name__, FACTORIES[name])
+    strategy, twin = factory(), factory()
+    assert strategy.rescales == _only_rescales(strategy)
+    if not strategy.rescales:
+        with pytest.raises(NotImplementedError, match="does not clip by rescaling: call `clip`"):
+            strategy.rescale(problem()[1], variables)
+        return
+    for scale in SCALES:
+        grads = problem(scale)[1]
+        factors, stats = strategy.rescale(grads, variables)
+        want, want_stats = twin.clip(grads, variables)
+        got = [ops.deduplicate(g) if f is None else ops.scale(ops.deduplicate(g), f) for g, f in zip(grads, factors)]
+        assert_same(got, want, stats, want_stats)
+    for key, variable in twin.state.items():
+        np.testing.assert_allclose(strategy.state[key].numpy(), variable.numpy(), rtol=1e-6)
+
+
+def test_a_class_overriding_clip_present_does_not_rescale():
+    class Halving(kc.ClipByGlobalNorm):
+        def clip_present(self, grads, variables):
+            clipped, stats = super().clip_present(grads, variables)
+            return [ops.scale(g, 0.5) for g in clipped], stats
+
+    assert kc.ClipByGlobalNorm(1.0).rescales and not Halving(1.0).rescales
+    assert not kc.Chain(kc.ClipByGlobalNorm(1.0), Halving(1.0)).rescales
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_stats_are_float32_scalars_with_the_global_l2_norms(name):
     variables, grads = problem(3.0)
@@ -320,3 +364,8 @@ def test_custom_strategy_page_runs_and_its_strategy_keeps_the_contract():
     for g, c in zip(grads, got):  # Each gradient's RMS bounded by 0.5, reached where it was above.
         rms, clipped_rms = (np.sqrt(np.mean(dense(x).astype(np.float64) ** 2)) for x in (g, c))
         assert clipped_rms == pytest.approx(min(rms, 0.5), rel=1e-5)
+    # The same strategy written as a rescaling: the same clip, and the model may defer the products.
+    rescaling = namespace["RescaleByRMS"](0.5)
+    assert rescaling.rescales and not make().rescales
+    same, same_stats = rescaling.clip(grads)
+    assert_same(same, got, same_stats, got_stats)

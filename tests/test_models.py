@@ -128,7 +128,8 @@ def test_embedding_gradient_stays_sparse_and_is_clipped_exactly(jit):
     assert np.count_nonzero(np.abs(delta).sum(axis=1)) == 3  # only rows 1, 2, 3 moved
 
 
-def test_clip_gradients_hook_can_be_overridden(small_data):
+@pytest.mark.parametrize("clipping", [None, "global_norm"])  # global_norm: the hook wins over a strategy's factors.
+def test_clip_gradients_hook_can_be_overridden(small_data, clipping):
     calls = []
 
     class Halving(kc.ClippingOptimizer):
@@ -139,7 +140,7 @@ def test_clip_gradients_hook_can_be_overridden(small_data):
             return halved, {"grad_norm": norm, "clipped_grad_norm": norm / 2}
 
     model = mlp()
-    history = _fit(model, small_data, optimizer=Halving(sgd()))
+    history = _fit(model, small_data, optimizer=Halving(sgd(), clipping))
     assert calls and history["clipped_grad_norm"][0] == pytest.approx(history["grad_norm"][0] / 2)
 
 

@@ -102,7 +102,7 @@ class AdaGC(ClipStrategy):
             )
         return slot
 
-    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
         if not grads:
             zero = ops.constant(0.0)
             threshold = ops.constant(self.absolute)
@@ -127,7 +127,6 @@ class AdaGC(ClipStrategy):
         scattered = K.scatter_update(gamma_all, [[i] for i in slots], new_gamma)
         self._gamma.assign(keep_if(finite, scattered, gamma_all))
         self._count.assign(count + K.cast(finite, ops.wide("int64")))
-        clipped = [ops.scale(g, h[i]) for i, g in enumerate(grads)]
         bound = K.sqrt(K.sum(K.square(self.relative * gamma)))
         stats = {
             "grad_norm": total,
@@ -135,7 +134,7 @@ class AdaGC(ClipStrategy):
             "threshold": K.where(warm, ops.constant(self.absolute), bound),
             "clipped_fraction": K.mean(K.cast(h < 1.0, "float32")),
         }
-        return clipped, stats
+        return [h[i] for i in range(len(grads))], stats
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -52,10 +52,10 @@ def unit_axes(path: str, shape: Sequence[int], overrides: Mapping[str, Axes] | N
     return ops.default_unit_axes(rank)
 
 
-def unitwise_clip(
+def unitwise_factor(
     grad: ops.Gradient, weight: Any, clipping: float, eps: float, axes: tuple[int, ...] | None = None
-) -> tuple[ops.Gradient, Stats]:
-    """AGC for one gradient: each unit's norm is bounded by `clipping * max(||W_i||, eps)`.
+) -> tuple[Any, Stats]:
+    """AGC for one gradient: the factor bounding each unit's norm by `clipping * max(||W_i||, eps)`.
 
     Args:
         grad: Tensor or IndexedSlices (deduplicated). For slices whose units
@@ -69,7 +69,9 @@ def unitwise_clip(
             (`unit_axes`); None for the default, all axes but the last.
 
     Returns:
-        `(clipped, parts)`: the clipped gradient and float32 scalars
+        `(factor, parts)`: the per-unit factor (it broadcasts against the
+        gradient's values; `ops.scale(grad, factor)` is the clipped
+        gradient) and float32 scalars
         `pre_squares` and `post_squares` (its squared L2 norm before and after),
         `bound_squares` (sum of the squared unit bounds) and `clipped_units`
         (how many units were clipped).
@@ -82,7 +84,6 @@ def unitwise_clip(
     bound = clipping * K.maximum(w_norm, eps)
     trigger = g_norm >= bound
     factor = K.where(trigger, bound / K.maximum(g_norm, 1e-6), K.ones_like(g_norm))
-    clipped = ops.scale(grad, factor)
     parts = {
         # Both from the unit norms: the gradient is read once.
         "pre_squares": K.sum(K.square(g_norm)),
@@ -90,7 +91,7 @@ def unitwise_clip(
         "bound_squares": K.sum(K.square(bound)),
         "clipped_units": K.sum(K.cast(trigger, "float32")),
     }
-    return clipped, parts
+    return factor, parts
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -165,19 +166,19 @@ class AdaptiveGradClip(ClipStrategy):
             warn_unmatched(type(self).__name__, [*self.exclude, *self.axis], variables)
         super().build(variables)
 
-    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
-        clipped, pre_squares, post_squares, bound_squares, hits, units = [], [], [], [], [], 0
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
+        factors, pre_squares, post_squares, bound_squares, hits, units = [], [], [], [], [], 0
         for grad, variable in zip(grads, variables):
             path = path_of(variable)
             if matches(path, self.exclude):
                 square = ops.sum_of_squares(grad)
-                clipped.append(grad)
+                factors.append(None)
                 pre_squares.append(square)
                 post_squares.append(square)
                 continue
             axes = unit_axes(path, tuple(variable.shape), self.axis)
-            new, parts = unitwise_clip(grad, K.convert_to_tensor(variable), self.clipping, self.eps, axes)
-            clipped.append(new)
+            factor, parts = unitwise_factor(grad, K.convert_to_tensor(variable), self.clipping, self.eps, axes)
+            factors.append(factor)
             pre_squares.append(parts["pre_squares"])
             post_squares.append(parts["post_squares"])
             bound_squares.append(parts["bound_squares"])
@@ -191,7 +192,7 @@ class AdaptiveGradClip(ClipStrategy):
             "threshold": ops.root_sum_squares(bound_squares) if bound_squares else ops.constant(math.inf),
             "clipped_fraction": ops.add_n(hits) / float(units) if hits else ops.constant(0.0),
         }
-        return clipped, stats
+        return factors, stats
 
     def get_config(self) -> dict[str, Any]:
         return {"clipping": self.clipping, "eps": self.eps, "exclude": list(self.exclude), "axis": dict(self.axis)}

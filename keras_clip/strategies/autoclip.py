@@ -123,13 +123,12 @@ class AutoClip(ClipStrategy):
             self._count = self.add_state("count", 0, ops.wide("int64"))
         super().build(variables)
 
-    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
         _, pre = ops.l2_norms(grads)
         history, count = self._record(pre)
         threshold = ring_percentile(history, count, self.percentile)
         factor = ops.clip_factor(pre, threshold)
-        clipped = [ops.scale(g, factor) for g in grads]
-        return clipped, {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
+        return [factor] * len(grads), {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
 
     def _record(self, norm: Any) -> tuple[Any, Any]:
         """Appends a finite, nonzero norm to the history; returns the new (history, count)."""

@@ -36,6 +36,17 @@ def keep_if(condition: Any, new: Any, old: Any) -> Any:
     return K.where(condition, new, K.convert_to_tensor(old))
 
 
+def rescaled(grads: Sequence[ops.Gradient], factors: Sequence[Any | None]) -> list[ops.Gradient]:
+    """Each gradient multiplied by its factor (`ops.scale`); a None factor leaves it as it is."""
+    return [g if f is None else ops.scale(g, f) for g, f in zip(grads, factors)]
+
+
+def implements_rescale(strategy: Any, owner: type) -> bool:
+    """Whether `strategy` implements `rescale_present` and keeps `owner`'s `clip_present`."""
+    cls = type(strategy)
+    return cls.rescale_present is not ClipStrategy.rescale_present and cls.clip_present is owner.clip_present
+
+
 class ClipStrategy:
     """Base class: how a list of gradients is clipped.
 
@@ -46,9 +57,11 @@ class ClipStrategy:
     model calls it on the final, all-reduced, unscaled gradient of an update.
 
     To write a strategy, subclass and override `clip_present(grads,
-    variables)` (see "Write your own strategy" in the docs). Stateful
-    strategies create their state once, in `build(variables)`, with
-    `add_state`, and update it in `clip_present`, so the state is saved,
+    variables)`, or `rescale_present(grads, variables)` for one that only
+    multiplies gradients by factors (see "Write your own strategy" in the
+    docs). Stateful strategies create their state once, in
+    `build(variables)`, with `add_state`, and update it in `clip_present`
+    (or `rescale_present`), so the state is saved,
     checkpointed and distributed like any weight and readable by name in
     `state`.
 
@@ -124,6 +137,62 @@ class ClipStrategy:
             order (None stays None) and a dict of float32 scalar tensors.
         """
         grads = list(grads)
+        positions, present, present_variables = self._present(grads, variables)
+        clipped, stats = self.clip_present(present, present_variables)
+        result: list[ops.Gradient | None] = list(grads)
+        for i, g in zip(positions, clipped):
+            result[i] = g
+        return result, stats
+
+    def rescale(
+        self,
+        grads: Sequence[ops.Gradient | None],
+        variables: Sequence[Any] | None = None,
+    ) -> tuple[list[Any | None], Stats]:
+        """The factors `clip` multiplies the gradients by, for a strategy that `rescales`.
+
+        `clip(grads)` equals `grads` multiplied by these factors. A training
+        step that applies them itself can form the products where they are
+        consumed: `ClippingOptimizer` does so inside the update, where XLA
+        fuses them into the optimizer's arithmetic instead of writing the
+        clipped gradients out first. The strategy's state moves as in `clip`.
+
+        Args:
+            grads: Sequence of Tensor, IndexedSlices or None, one per variable.
+            variables: Sequence of variables or None, as for `clip`.
+
+        Returns:
+            A tuple `(factors, stats)`: per gradient a float32 factor (a scalar,
+            or a tensor that broadcasts against the gradient's values), or None
+            where the gradient is None or left as it is; `stats` as from `clip`.
+
+        Raises:
+            NotImplementedError: The strategy does not only rescale.
+        """
+        if not self.rescales:
+            raise NotImplementedError(f"{type(self).__name__} does not clip by rescaling: call `clip`.")
+        grads = list(grads)
+        positions, present, present_variables = self._present(grads, variables)
+        factors, stats = self.rescale_present(present, present_variables)
+        result: list[Any | None] = [None] * len(grads)
+        for i, factor in zip(positions, factors):
+            result[i] = factor
+        return result, stats
+
+    @property
+    def rescales(self) -> bool:
+        """Whether the strategy clips only by multiplying each gradient by a factor.
+
+        True for a class that implements `rescale_present` and keeps the
+        default `clip_present` (a subclass overriding `clip_present` may do
+        anything, so it is clipped through `clip`).
+        """
+        return implements_rescale(self, ClipStrategy)
+
+    def _present(
+        self, grads: list[ops.Gradient | None], variables: Sequence[Any] | None
+    ) -> tuple[list[int], list[ops.Gradient], list[Any]]:
+        """Validates, builds once, and returns the positions, gradients and variables of the present gradients."""
         if variables is None:
             if self.needs_variables:
                 raise ValueError(
@@ -141,18 +210,16 @@ class ClipStrategy:
             self.build(variables)
         positions = [i for i, g in enumerate(grads) if g is not None]
         present = [ops.deduplicate(grads[i]) for i in positions]
-        clipped, stats = self.clip_present(present, [variables[i] for i in positions])
-        result: list[ops.Gradient | None] = list(grads)
-        for i, g in zip(positions, clipped):
-            result[i] = g
-        return result, stats
+        return positions, present, [variables[i] for i in positions]
 
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
         """Clips the present gradients: the method a strategy overrides.
 
         `clip` calls it with only the gradients that are not None, each
         `tf.IndexedSlices` already free of repeated indices, and their
-        variables (None entries when `clip` got no variables).
+        variables (None entries when `clip` got no variables). By default it
+        multiplies the gradients by the factors of `rescale_present`, so a
+        strategy that only rescales overrides that method instead.
 
         Args:
             grads: List of Tensor or IndexedSlices.
@@ -168,7 +235,27 @@ class ClipStrategy:
             in another norm than L2 adds `norm` and `clipped_norm`, in the
             norm its `threshold` is in.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement `clip_present(grads, variables)`.")
+        if type(self).rescale_present is ClipStrategy.rescale_present:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement `clip_present(grads, variables)` "
+                "(or `rescale_present(grads, variables)`)."
+            )
+        factors, stats = self.rescale_present(grads, variables)
+        return rescaled(grads, factors), stats
+
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any | None], Stats]:
+        """The factors for the present gradients: the method a strategy that only rescales overrides.
+
+        Args:
+            grads: List of Tensor or IndexedSlices, as for `clip_present`.
+            variables: List of the matching variables (or None entries).
+
+        Returns:
+            `(factors, stats)`: per gradient a float32 factor (a scalar or a
+            tensor that broadcasts against the gradient's values) or None (left
+            as it is), and the stats `clip_present` documents.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not clip by rescaling.")
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments of this strategy."""

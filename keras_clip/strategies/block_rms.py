@@ -63,20 +63,19 @@ class ClipByBlockRMS(ClipStrategy):
         super().__init__()
         self.threshold = _validation.positive_finite("threshold", threshold)
 
-    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
         squares = [ops.sum_of_squares(g) for g in grads]
         factors = [block_rms_factor(s, ops.dense_size(g), self.threshold) for s, g in zip(squares, grads)]
-        clipped = [ops.scale(g, f) for g, f in zip(grads, factors)]
-        if not grads:
-            squares, factors = [ops.constant(0.0)], [ops.constant(1.0)]
+        # No gradient: the stats of an empty step (norms 0, nothing clipped).
+        seen, kept = (squares, factors) if grads else ([ops.constant(0.0)], [ops.constant(1.0)])
         stats = {
-            "grad_norm": K.sqrt(ops.add_n(squares)),
+            "grad_norm": K.sqrt(ops.add_n(seen)),
             # Derived, not measured again: ||f g||^2 = f^2 ||g||^2.
-            "clipped_grad_norm": K.sqrt(ops.add_n([s * K.square(f) for s, f in zip(squares, factors)])),
+            "clipped_grad_norm": K.sqrt(ops.add_n([s * K.square(f) for s, f in zip(seen, kept)])),
             "rms_threshold": ops.constant(self.threshold),
-            "clipped_fraction": K.mean(K.cast(K.stack(factors) < 1.0, "float32")),
+            "clipped_fraction": K.mean(K.cast(K.stack(kept) < 1.0, "float32")),
         }
-        return clipped, stats
+        return factors, stats
 
     def get_config(self) -> dict[str, Any]:
         return {"threshold": self.threshold}

@@ -9,7 +9,7 @@ from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies._paths import matches, path_of, warn_unmatched
-from keras_clip.strategies.base import ClipStrategy, Stats
+from keras_clip.strategies.base import ClipStrategy, Stats, implements_rescale, rescaled
 
 
 def _strategy_arg(name: str, value: Any, *, allow_none: bool = False) -> ClipStrategy | None:
@@ -91,12 +91,32 @@ class Chain(ClipStrategy):
         """The members' state, keyed `"<position>/<name>"` (e.g. `"1/history"`), in member order."""
         return {f"{i}/{name}": v for i, s in enumerate(self.strategies) for name, v in s.state.items()}
 
+    @property
+    def rescales(self) -> bool:  # type: ignore[override]
+        """Whether every member only rescales (the chain's factors are then their products)."""
+        return implements_rescale(self, Chain) and all(s.rescales for s in self.strategies)
+
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
         before = _read(self.variables)
         all_stats = []
         for strategy in self.strategies:
             grads, stats = strategy.clip(grads, variables)
             all_stats.append(stats)
+        return grads, self._combined(all_stats, before)
+
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
+        before = _read(self.variables)
+        factors: list[Any] = [None] * len(grads)
+        all_stats = []
+        for strategy in self.strategies:
+            step, stats = strategy.rescale(grads, variables)
+            grads = rescaled(grads, step)  # What the next member measures (XLA fuses the products into its norms).
+            factors = [_product(f, g) for f, g in zip(factors, step)]
+            all_stats.append(stats)
+        return factors, self._combined(all_stats, before)
+
+    def _combined(self, all_stats: list[Stats], before: list[Any]) -> Stats:
+        """The chain's stats from its members' (see the class docstring)."""
         result = {"grad_norm": all_stats[0]["grad_norm"], "clipped_grad_norm": all_stats[-1]["clipped_grad_norm"]}
         with_threshold = [s for s in all_stats if "threshold" in s]
         if with_threshold:
@@ -104,7 +124,7 @@ class Chain(ClipStrategy):
         skips = [s["skip"] for s in all_stats if "skip" in s]
         if skips:
             result["skip"] = _skip_leaves_no_state(skips, self.variables, before)
-        return grads, result
+        return result
 
     def get_config(self) -> dict[str, Any]:
         return {"strategies": [_serialize(s) for s in self.strategies]}
@@ -196,11 +216,24 @@ class ByVariable(ClipStrategy):
         keys = [*self.rules, "default"]
         return {f"{k}/{name}": v for k, s in zip(keys, self._members) if s is not None for name, v in s.state.items()}
 
+    @property
+    def rescales(self) -> bool:  # type: ignore[override]
+        """Whether every strategy only rescales (a group without one keeps its gradients)."""
+        return implements_rescale(self, ByVariable) and all(s.rescales for s in self._members if s is not None)
+
     def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+        return self._by_group(grads, variables, rescale=False)
+
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
+        return self._by_group(grads, variables, rescale=True)
+
+    def _by_group(self, grads: list[ops.Gradient], variables: list[Any], *, rescale: bool) -> tuple[list[Any], Stats]:
+        """Each group through its strategy's `clip` (or `rescale`): the gradients (or factors), the stats."""
         groups: list[list[int]] = [[] for _ in self._members]
         for position, variable in enumerate(variables):
             groups[self._group(path_of(variable))].append(position)
-        clipped, pre_norms, post_norms, skips = list(grads), [], [], []
+        out: list[Any] = [None] * len(grads) if rescale else list(grads)
+        pre_norms, post_norms, skips = [], [], []
         before = _read(self.variables)
         stats: Stats = {}
         for strategy, positions in zip(self._members, groups):
@@ -211,9 +244,10 @@ class ByVariable(ClipStrategy):
                 pre_norms += norms
                 post_norms += norms
                 continue
-            out, stats = strategy.clip([grads[i] for i in positions], [variables[i] for i in positions])
-            for i, g in zip(positions, out):
-                clipped[i] = g
+            run = strategy.rescale if rescale else strategy.clip
+            group_out, stats = run([grads[i] for i in positions], [variables[i] for i in positions])
+            for i, g in zip(positions, group_out):
+                out[i] = g
             if "skip" in stats:
                 skips.append(stats["skip"])
             pre_norms.append(stats["grad_norm"])
@@ -223,7 +257,7 @@ class ByVariable(ClipStrategy):
             result.update(threshold_stats(stats))
         if skips:
             result["skip"] = _skip_leaves_no_state(skips, self.variables, before)
-        return clipped, result
+        return out, result
 
     def get_config(self) -> dict[str, Any]:
         return {"rules": {p: _serialize(s) for p, s in self.rules.items()}, "default": _serialize(self.default)}
@@ -235,6 +269,13 @@ class ByVariable(ClipStrategy):
 
     def __repr__(self) -> str:
         return f"ByVariable({self.rules!r}, default={self.default!r})"
+
+
+def _product(a: Any, b: Any) -> Any:
+    """Two factors multiplied; None is 1."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a * b
 
 
 def threshold_stats(stats: Stats) -> Stats:

@@ -99,11 +99,10 @@ class ClipByNorm(_NormBound):
         neural networks](https://arxiv.org/abs/1211.5063), 2013.
     """
 
-    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
         l2, pre = ops.l2_norms(grads)
         norms = l2 if self.norm_type == 2.0 else [ops.norm(g, self.norm_type) for g in grads]
         factors = [ops.clip_factor(n, self.max_norm) for n in norms]
-        clipped = [ops.scale(g, f) for g, f in zip(grads, factors)]
         # Derived, not measured again: ||f g|| = f ||g||.
         post = ops.combine_norms([n * f for n, f in zip(l2, factors)]) if grads else pre
         # Its threshold bounds each variable's norm, not the global norm: named apart so the
@@ -115,7 +114,7 @@ class ClipByNorm(_NormBound):
             "variable_norm": _largest(norms),
             "clipped_variable_norm": _largest([n * f for n, f in zip(norms, factors)]),
         }
-        return clipped, stats
+        return factors, stats
 
 
 def _largest(norms: list[Any]) -> Any:
@@ -151,7 +150,7 @@ class ClipByGlobalNorm(_NormBound):
         neural networks](https://arxiv.org/abs/1211.5063), 2013.
     """
 
-    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
         _, pre = ops.l2_norms(grads)
         if self.norm_type == 2.0:
             factor = ops.clip_factor(pre, self.max_norm)
@@ -161,6 +160,5 @@ class ClipByGlobalNorm(_NormBound):
             factor = ops.clip_factor(measured, self.max_norm)
             # The norm the threshold bounds, so the chart of the threshold compares like with like.
             stats = {"norm": measured, "clipped_norm": measured * factor}
-        clipped = [ops.scale(g, factor) for g in grads]
         stats.update({"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": ops.constant(self.max_norm)})
-        return clipped, stats
+        return [factor] * len(grads), stats

@@ -171,7 +171,7 @@ class ZClip(ClipStrategy):
             self._var = self.add_state("var", 0.0, "float32")
         super().build(variables)
 
-    def clip_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[ops.Gradient], Stats]:
+    def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
         _, pre = ops.l2_norms(grads)
         count, mean, var = self._count.value, self._mean.value, self._var.value
         past_warmup = count >= self.warmup_steps
@@ -191,11 +191,10 @@ class ZClip(ClipStrategy):
         skip = K.logical_and(finite, spike) if self.skip_update_on_spike else K.convert_to_tensor(False)
         keep = K.logical_and(finite, K.logical_not(skip))
         self._update(past_warmup, K.where(spike, spike_threshold, pre), finite=keep)
-        clipped = [ops.scale(g, factor) for g in grads]
         stats = {"grad_norm": pre, "clipped_grad_norm": pre * factor, "threshold": threshold}
         if self.skip_update_on_spike:
             stats["skip"] = skip
-        return clipped, stats
+        return [factor] * len(grads), stats
 
     def _update(self, past_warmup: Any, x: Any, finite: Any) -> None:
         """Welford during warm-up, the EMA after; nothing unless `finite` (a finite norm to record)."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 from keras import ops as K
 
 from keras_clip import ops
 from keras_clip.strategies import get as get_strategy
-from keras_clip.strategies.base import ClipStrategy, Stats
+from keras_clip.strategies.base import ClipStrategy, Stats, rescaled
 from keras_clip.training import backend as distribute
 from keras_clip.training import recorder as recorder_lib
 from keras_clip.training.policy import NonFinitePolicy
@@ -171,21 +171,36 @@ class ClippingOptimizer(keras.optimizers.Optimizer):
         `finite`: whether the incoming gradient was finite, when the policy
         already looked; None: read off the clip's `grad_norm` and counted here.
         """
-        clipped, stats = self.clip_gradients(grads, variables)
+        clipped, stats = self._clip(grads, variables)
         if finite is None:
             finite = K.isfinite(stats["grad_norm"])
             self.figures.count_nonfinite(finite)
         skip = _skip_of(stats)
         self.figures.store(stats, skip)
-        clipped = _rescale(clipped, scale, divide=False)
         go = self._policy.allows(finite)
         if isinstance(self.inner_optimizer, LossScaleOptimizer):
             # The loss scaler checks the gradient itself: it skips and lowers its scale on overflow.
             go = K.convert_to_tensor(True)
         distribute.run_if(
             K.logical_and(go, K.logical_not(skip)),
-            lambda: distribute.apply_reduced(self.inner_optimizer, clipped, variables),
+            lambda: distribute.apply_reduced(self.inner_optimizer, _rescale(clipped(), scale, divide=False), variables),
         )
+
+    def _clip(self, grads: list[Any], variables: list[keras.Variable]) -> tuple[Callable[[], list], Stats]:
+        """The clip hook's result, with the clipped gradients formed by a function the update calls.
+
+        For a strategy that only rescales (and no `clip_gradients` override),
+        the products are formed inside the update: XLA does not fuse across
+        the conditional update, so clipped gradients formed before it would be
+        written out and read back once more; inside, they fuse into the inner
+        optimizer's arithmetic. The strategy's state moves here, either way.
+        """
+        strategy = self._strategy
+        if strategy is not None and strategy.rescales and type(self).clip_gradients is ClippingOptimizer.clip_gradients:
+            factors, stats = strategy.rescale(grads, variables)
+            return (lambda: rescaled(grads, factors)), stats
+        clipped, stats = self.clip_gradients(grads, variables)
+        return (lambda: clipped), stats
 
     def _accumulate(self, grads: list[Any], variables: list[keras.Variable], go: Any, scale: Any) -> None:
         """Adds a micro-batch's gradient; every k-th one, clips the average and updates.

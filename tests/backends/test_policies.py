@@ -151,3 +151,35 @@ def _gradient_function():
 
         return tf_gradients
     return None
+
+
+@pytest.mark.parametrize(
+    "clipping, inside",
+    [(kc.ClipByGlobalNorm(1.0), True), (kc.Chain(kc.ClipByValue(5.0), kc.ClipByGlobalNorm(1.0)), False)],
+)
+def test_a_rescaling_strategy_multiplies_inside_the_update(monkeypatch, clipping, inside):
+    """Factors from `rescale`, products formed in the conditional update (where XLA fuses them); else before it."""
+    from keras_clip import ops
+    from keras_clip.training import optimizer as optimizer_module
+
+    where, in_update = [], [False]
+    run_if, scale = optimizer_module.distribute.run_if, ops.scale
+
+    def recording_run_if(pred, fn):
+        def marked():
+            in_update[0] = True
+            try:
+                fn()
+            finally:
+                in_update[0] = False
+
+        run_if(pred, marked)
+
+    monkeypatch.setattr(optimizer_module.distribute, "run_if", recording_run_if)
+    monkeypatch.setattr(ops, "scale", lambda g, f: where.append(in_update[0]) or scale(g, f))
+    model = _model(clipping)
+    model.fit(*_data(False), batch_size=4, epochs=1, verbose=0)
+    assert clipping.rescales is inside
+    assert where and set(where) == {inside}
+    # Clipped all the same: the update's gradient has the bounded norm.
+    assert model.history.history["clipped_grad_norm"][0] == pytest.approx(1.0, rel=1e-5)
