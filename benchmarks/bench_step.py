@@ -21,6 +21,7 @@ resident memory.
     python benchmarks/bench_step.py --variants keras,kc,kc_propagate --no-memory
     python benchmarks/bench_step.py --tiny                # smoke test, < 60 s
     python benchmarks/bench_step.py --backend jax         # ClipByGlobalNorm vs plain Keras on JAX (or torch)
+    python benchmarks/bench_step.py --backend jax --compiled --rounds 250   # the compiled step alone
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ if "--backend" in sys.argv[:-1] and sys.argv[sys.argv.index("--backend") + 1] !=
     os.environ["KERAS_BACKEND"] = sys.argv[sys.argv.index("--backend") + 1]
     import _bench_backend
 
-    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 9
-    _bench_backend.main(rounds=rounds)
+    if "--compiled" in sys.argv:
+        chunks = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 250
+        _bench_backend.compiled_main(chunks=chunks)
+    else:
+        rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 9
+        _bench_backend.main(rounds=rounds)
     sys.exit(0)
 
 import keras  # noqa: E402

@@ -172,9 +172,10 @@ class ClippingMixin(MultiWorkerTrainer):
             return sum(o.traced_updates for _, o in clipping_optimizers(self))
 
         def checked(*args: Any) -> Any:
-            before = updates()
+            first = state["first"]
+            before = updates() if first else 0  # Only around the first execution: it walks the model.
             result = train_function(*args)
-            if state["first"]:
+            if first:
                 state["first"] = False
                 bypassed = optimizer.clipping is not None and updates() == before
                 if bypassed and not getattr(self, "_bypass_warned", False):
