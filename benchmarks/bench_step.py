@@ -21,7 +21,7 @@ resident memory.
     python benchmarks/bench_step.py --variants keras,kc,kc_propagate --no-memory
     python benchmarks/bench_step.py --tiny                # smoke test, < 60 s
     python benchmarks/bench_step.py --backend jax         # ClipByGlobalNorm vs plain Keras on JAX (or torch)
-    python benchmarks/bench_step.py --backend jax --compiled --rounds 250   # the compiled step alone
+    python benchmarks/bench_step.py --backend jax --compiled --rounds 250   # the compiled step alone, 250 chunks
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ if "--backend" in sys.argv[:-1] and sys.argv[sys.argv.index("--backend") + 1] !=
     import _bench_backend
 
     if "--compiled" in sys.argv:
+        if os.environ["KERAS_BACKEND"] != "jax":
+            backend = os.environ["KERAS_BACKEND"]
+            raise SystemExit(f"--compiled times jax.jit steps: it needs --backend jax. Received: --backend {backend}")
         chunks = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 250
         _bench_backend.compiled_main(chunks=chunks)
     else:

@@ -127,3 +127,13 @@ def test_clipping_speed_quick_sweeps_every_family(tmp_path):
     assert not math.isfinite(float(seed[("none", 1.0)][-1]))  # non-finite losses are written as strings
     clipped = [float(v) for v in seed[("ClipByGlobalNorm(10)", 1.0)]]
     assert all(math.isfinite(v) for v in clipped) and clipped[-1] < clipped[0]
+
+
+def test_bench_step_compiled_refuses_a_backend_other_than_jax():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--backend", "torch", "--compiled"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0
+    assert "--compiled times jax.jit steps: it needs --backend jax. Received: --backend torch" in done.stderr

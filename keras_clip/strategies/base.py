@@ -41,6 +41,13 @@ def rescaled(grads: Sequence[ops.Gradient], factors: Sequence[Any | None]) -> li
     return [g if f is None else ops.scale(g, f) for g, f in zip(grads, factors)]
 
 
+def _placed(out: list[Any], positions: list[int], values: list[Any]) -> list[Any]:
+    """`out` with `values` written at `positions` (the present gradients' places)."""
+    for i, value in zip(positions, values):
+        out[i] = value
+    return out
+
+
 def implements_rescale(strategy: Any, owner: type) -> bool:
     """Whether `strategy` implements `rescale_present` and keeps `owner`'s `clip_present`."""
     cls = type(strategy)
@@ -139,10 +146,7 @@ class ClipStrategy:
         grads = list(grads)
         positions, present, present_variables = self._present(grads, variables)
         clipped, stats = self.clip_present(present, present_variables)
-        result: list[ops.Gradient | None] = list(grads)
-        for i, g in zip(positions, clipped):
-            result[i] = g
-        return result, stats
+        return _placed(list(grads), positions, clipped), stats
 
     def rescale(
         self,
@@ -174,10 +178,7 @@ class ClipStrategy:
         grads = list(grads)
         positions, present, present_variables = self._present(grads, variables)
         factors, stats = self.rescale_present(present, present_variables)
-        result: list[Any | None] = [None] * len(grads)
-        for i, factor in zip(positions, factors):
-            result[i] = factor
-        return result, stats
+        return _placed([None] * len(grads), positions, factors), stats
 
     @property
     def rescales(self) -> bool:

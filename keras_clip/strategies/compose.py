@@ -107,10 +107,12 @@ class Chain(ClipStrategy):
     def rescale_present(self, grads: list[ops.Gradient], variables: list[Any]) -> tuple[list[Any], Stats]:
         before = _read(self.variables)
         factors: list[Any] = [None] * len(grads)
+        step: list[Any] = [None] * len(grads)
         all_stats = []
         for strategy in self.strategies:
+            # What this member measures: the previous member's products (XLA fuses them into its norms).
+            grads = rescaled(grads, step)
             step, stats = strategy.rescale(grads, variables)
-            grads = rescaled(grads, step)  # What the next member measures (XLA fuses the products into its norms).
             factors = [_product(f, g) for f, g in zip(factors, step)]
             all_stats.append(stats)
         return factors, self._combined(all_stats, before)
