@@ -7,6 +7,7 @@ the row-sum layout (see `row_sum_of_squares`).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import tensorflow as tf
@@ -20,6 +21,11 @@ except ImportError:  # pragma: no cover - moved in some TensorFlow version
 # Under XLA a sum of squares first sums rows of this many entries (see `row_sum_of_squares`).
 ROW = 8
 
+# Slices known to list each index once: `deduplicate`'s results and slices with their numbers
+# replaced (`with_values`). `deduplicate` returns these as they are, so a gradient that the
+# optimizer, a strategy and each member of a `Chain` de-duplicate in turn is sorted once.
+_UNIQUE: weakref.WeakSet = weakref.WeakSet()
+
 
 def is_slices(grad: Any) -> bool:
     """Whether a gradient is a `tf.IndexedSlices`."""
@@ -27,8 +33,11 @@ def is_slices(grad: Any) -> bool:
 
 
 def with_values(grad: tf.IndexedSlices, values: tf.Tensor) -> tf.IndexedSlices:
-    """The slices with their numbers replaced by `values`."""
-    return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+    """The slices with their numbers replaced by `values` (free of repeats if `grad` was)."""
+    result = tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+    if grad in _UNIQUE:
+        _UNIQUE.add(result)
+    return result
 
 
 def dense_size(grad: tf.IndexedSlices) -> tf.Tensor:
@@ -38,6 +47,8 @@ def dense_size(grad: tf.IndexedSlices) -> tf.Tensor:
 
 def deduplicate(grad: tf.IndexedSlices) -> tf.IndexedSlices:
     """Sums the rows of an `IndexedSlices` that share an index (see `keras_clip.ops.deduplicate`)."""
+    if grad in _UNIQUE:
+        return grad
     indices = grad.indices
     count = tf.shape(indices)[0]
     order = tf.argsort(indices, stable=True)
@@ -52,7 +63,9 @@ def deduplicate(grad: tf.IndexedSlices) -> tf.IndexedSlices:
     used = tf.range(count) <= tf.reduce_max(segment)
     fallback = tf.gather(sorted_indices, tf.zeros([count], tf.int32))
     new_indices = tf.where(used, first, fallback)
-    return tf.IndexedSlices(values, new_indices, grad.dense_shape)
+    result = tf.IndexedSlices(values, new_indices, grad.dense_shape)
+    _UNIQUE.add(result)
+    return result
 
 
 def gather_rows(x: tf.Tensor, grad: tf.IndexedSlices) -> tf.Tensor:

@@ -24,6 +24,16 @@ def test_deduplicate_keeps_dense_value_and_removes_repeats():
     assert len(set(used)) == len(used) == 3
 
 
+def test_deduplicated_slices_are_not_sorted_again():
+    once = ops.deduplicate(_slices())
+    assert ops.deduplicate(once) is once
+    scaled = ops.scale(once, 0.5)  # Same indices: still free of repeats.
+    assert ops.deduplicate(scaled) is scaled
+    raw = _slices()
+    assert ops.deduplicate(raw) is not raw  # Slices from elsewhere are always de-duplicated.
+    assert ops.deduplicate(ops.with_values(raw, raw.values)) is not raw
+
+
 def test_deduplicate_compiles_under_xla():
     slices = _slices()
     fn = tf.function(lambda v, i: ops.norm(ops.deduplicate(tf.IndexedSlices(v, i, [5, 3]))), jit_compile=True)

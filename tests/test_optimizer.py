@@ -189,6 +189,28 @@ def _tape_step(model, optimizer, jit):
     return step
 
 
+def test_an_embedding_gradient_is_sorted_once_per_update():
+    """The optimizer de-duplicates the slices; the strategy and each Chain member do not sort them again."""
+    table = keras.Variable(np.ones((50, 4), "float32"))
+    optimizer = kc.ClippingOptimizer(sgd(), kc.Chain(kc.ClipByValue(0.5), kc.ClipByGlobalNorm(1.0)))
+    optimizer.build([table])
+
+    @tf.function
+    def update(values, indices):
+        optimizer.apply([tf.IndexedSlices(values, indices, tf.constant([50, 4], tf.int64))], [table])
+
+    values, indices = tf.ones((6, 4)), tf.constant([3, 7, 3, 1, 7, 3], tf.int64)
+    graph = update.get_concrete_function(values, indices).graph
+    sorts = [op for op in graph.get_operations() if op.type in ("TopKV2", "Sort")]
+    body_sorts = sum(
+        op.type in ("TopKV2", "Sort") for f in graph._functions.values() for op in f.graph.get_operations()
+    )
+    assert len(sorts) + body_sorts == 1
+    update(values, indices)
+    # Row 3 sums three rows of ones (3), clipped to 0.5; rows 1, 3, 7 then hold 0.5 each: norm sqrt(3).
+    np.testing.assert_allclose(table.numpy()[3], 1 - 0.01 * 0.5 / np.sqrt(3), rtol=1e-6)
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_a_gradient_tape_loop_equals_tf_clip_by_global_norm(jit):
     x, y = _data()
