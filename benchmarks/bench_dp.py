@@ -46,7 +46,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _timing import interleaved, machine_description, ratios, time_epoch  # noqa: E402
+from _timing import interleaved, machine_description, summary, time_epoch  # noqa: E402
 
 import keras_clip as kc  # noqa: E402
 
@@ -135,10 +135,9 @@ def bench_model(spec: ModelSpec, rounds: int, steps: int, tiny: bool, variants: 
     ]
     lines.append(f"  {'variant':<20}{'wall ms':>9}{'cpu ms':>9}{'cpu ratio':>11}{'min':>7}{'max':>7}")
     for v in variants:
-        r = ratios(cpu[v], cpu["keras"])
+        median, mid, low, high = summary(cpu[v], cpu["keras"])
         lines.append(
-            f"  {v:<20}{statistics.median(wall[v]) * 1e3:>9.2f}{statistics.median(cpu[v]) * 1e3:>9.2f}"
-            f"{statistics.median(r):>11.2f}{min(r):>7.2f}{max(r):>7.2f}"
+            f"  {v:<20}{statistics.median(wall[v]) * 1e3:>9.2f}{median * 1e3:>9.2f}{mid:>11.2f}{low:>7.2f}{high:>7.2f}"
         )
     return lines
 
@@ -211,11 +210,9 @@ def bench_generators(spec: ModelSpec, rounds: int, reps: int, tiny: bool) -> lis
     ]
     lines.append(f"  {'draw':<28}{'cpu ms':>9}{'ns/number':>11}{'ratio':>8}{'min':>7}{'max':>7}")
     for name in functions:
-        r = ratios(cpu[name], cpu["philox"])
-        median = statistics.median(cpu[name])
+        median, mid, low, high = summary(cpu[name], cpu["philox"])
         lines.append(
-            f"  {name:<28}{median * 1e3:>9.3f}{median * 1e9 / numbers:>11.1f}"
-            f"{statistics.median(r):>8.2f}{min(r):>7.2f}{max(r):>7.2f}"
+            f"  {name:<28}{median * 1e3:>9.3f}{median * 1e9 / numbers:>11.1f}{mid:>8.2f}{low:>7.2f}{high:>7.2f}"
         )
     return lines
 
