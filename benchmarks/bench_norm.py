@@ -1,6 +1,6 @@
 """What the overflow-safe global norm costs next to the plain one, on realistic gradient lists.
 
-`ops.l2_norms` sums squares as before and recomputes from rescaled gradients only when that sum
+`ops.l2_norms` sums squares as before and recomputes from prescaled gradients only when that sum
 is `inf`, inside a `tf.cond`; this script times it against the plain `sqrt(sum of squares)` on
 the gradients of the benchmark models (an MLP 784-1024x4-10 and a small transformer block, float32),
 compiled with XLA and as a plain `tf.function`. Each round times every variant in turn (rotating

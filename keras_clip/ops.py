@@ -240,11 +240,16 @@ def l2_norms(grads: Sequence[Gradient]) -> tuple[list[Tensor], Tensor]:
 
     A float32 sum of squares overflows once an entry passes ~1.8e19, although
     the norm itself (up to ~3.4e38) is representable. The plain sums are
-    computed first; only when their total is `inf` are the norms computed
-    again from the gradients divided by their largest magnitude, inside a
-    `keras.ops.cond`, so the usual step pays one scalar test (XLA runs only the
-    branch taken). A gradient holding an `inf` still has norm `inf`, and one
-    holding a NaN norm NaN.
+    computed first; only when their total is `inf` does a `keras.ops.cond`
+    compute, for each gradient whose own sum overflowed, the sum of squares of
+    the gradient times 2**-64 (finite for every norm that float32 can hold;
+    entries too small to survive the factor are too small, beside one past
+    ~1.8e19, to change the norm), and combine the norms without squaring them
+    again. So the usual step pays one scalar test (XLA runs only the branch
+    taken), and the branch it skips holds one reduction per gradient and no
+    full-size temporary (on XLA:CPU even an untaken branch costs in
+    proportion to those: see the Backends page). A gradient holding an `inf`
+    still has norm `inf`, and one holding a NaN norm NaN.
 
     Args:
         grads: Sequence of Tensor or IndexedSlices (already deduplicated, no
@@ -259,28 +264,26 @@ def l2_norms(grads: Sequence[Gradient]) -> tuple[list[Tensor], Tensor]:
         return [], constant(0.0)
     squares = [sum_of_squares(g) for g in grads]
     total = add_n(squares)
+    overflow = K.isinf(total)
+    # The factor depends on the data, so XLA cannot fold `(g * c)**2` into `g**2 * c**2`
+    # (which overflows again); it is 2**-64 wherever the branch below runs.
+    factor = K.where(overflow, constant(2.0**-64), constant(1.0))
 
     def plain() -> list[Tensor]:
         return [K.sqrt(s) for s in squares] + [K.sqrt(total)]
 
     def rescaled() -> list[Tensor]:
-        norms = [_rescaled_norm(g) for g in grads]
+        norms = [K.where(K.isinf(s), _prescaled_norm(g, factor), K.sqrt(s)) for g, s in zip(grads, squares)]
         return norms + [combine_norms(norms)]
 
-    result = K.cond(K.isinf(total), rescaled, plain)
+    result = K.cond(overflow, rescaled, plain)
     return list(result[:-1]), result[-1]
 
 
-def _rescaled_norm(grad: Gradient) -> Tensor:
-    """`m * ||g / m||` with `m = max |g|`: the L2 norm without overflowing squares."""
-    values = K.abs(K.cast(values_of(grad), "float32"))
-    if _static_size(values) == 0:
-        return constant(0.0)
-    largest = K.max(values)
-    safe = K.where(K.isfinite(largest) & (largest > 0), largest, K.ones_like(largest))
-    rescaled = safe * K.sqrt(K.sum(K.square(values / safe)))
-    # An inf entry gives inf (inf / 1 squared); zero and NaN pass through the plain formula.
-    return K.where(largest > 0, rescaled, K.sqrt(K.sum(K.square(values))))
+def _prescaled_norm(grad: Gradient, factor: Tensor) -> Tensor:
+    """`||g * factor|| / factor`: the L2 norm of a gradient whose plain sum of squares overflowed."""
+    values = K.cast(values_of(grad), "float32")
+    return K.sqrt(K.sum(K.square(values * factor))) / factor
 
 
 def clip_factor(current_norm: Tensor, max_norm: Tensor | float) -> Tensor:
