@@ -122,8 +122,11 @@ def deduplicate(grad: Gradient) -> Gradient:
     batch); its dense value is the sum of those rows, so norms and element-wise
     clips must see the summed rows. Shapes stay static (sort + segment sum, no
     `tf.unique`), so this compiles under XLA. Unused trailing rows are zero and
-    point at a valid index, which leaves the dense value unchanged. Dense
-    tensors (every gradient on JAX and PyTorch) are returned as they are.
+    point at a valid index, which leaves the dense value unchanged. Slices
+    that this function returned (or `with_values` made from them) are returned
+    as they are, so a gradient that the optimizer, a strategy and each `Chain`
+    member de-duplicate in turn is sorted once. Dense tensors (every gradient
+    on JAX and PyTorch) are returned as they are.
 
     Args:
         grad: Tensor or IndexedSlices.
