@@ -183,3 +183,25 @@ def test_a_rescaling_strategy_multiplies_inside_the_update(monkeypatch, clipping
     assert where and set(where) == {inside}
     # Clipped all the same: the update's gradient has the bounded norm.
     assert model.history.history["clipped_grad_norm"][0] == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("clipping", [kc.ClipByGlobalNorm(1.0), kc.AutoClip()])
+def test_a_gradient_whose_squares_overflow_is_clipped_by_its_true_norm(clipping):
+    """Entries of 3e20: the float32 sum of squares overflows, the norm (6e20) does not; nothing is skipped."""
+    inputs = keras.Input((3,))
+    model = kc.ClippingModel(inputs, keras.layers.Dense(1)(inputs))
+    weights = [np.array([[0.5], [-1.0], [2.0]], "float32"), np.array([0.1], "float32")]
+    model.set_weights(weights)
+    # d(loss)/d(each weight) = 3e20 for inputs of ones.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=lambda y, p: K.mean(p) * 3e20, clipping=clipping)
+    history = model.fit(*_data(False), batch_size=4, epochs=1, verbose=0).history
+    assert history["nonfinite_steps"] == [0.0]
+    assert history["grad_norm"][0] == pytest.approx(6e20, rel=1e-5)
+    assert _iterations(model) == 1
+    # ClipByGlobalNorm(1): each entry 3e20 / 6e20; AutoClip's first step is not clipped.
+    step = 0.5 if isinstance(clipping, kc.ClipByGlobalNorm) else 3e20
+    for got, before in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(got, before - 0.1 * step, rtol=1e-5)
+    if isinstance(clipping, kc.AutoClip):  # The true norm went into the history, once.
+        assert int(K.convert_to_numpy(clipping.state["count"])) == 1
+        assert float(K.convert_to_numpy(clipping.state["history"])[0]) == pytest.approx(6e20, rel=1e-5)
