@@ -96,7 +96,7 @@ def compiled_main(chunks: int = 250, per_chunk: int = 20, batch: int = 256) -> N
         print(f"{name:<24}{median:>12.3f}{statistics.median(ratio):>8.3f}{q1:>7.3f}{q3:>7.3f}")
 
 
-def main(rounds: int = 9, steps: int = 128, batch: int = 256) -> None:
+def main(rounds: int = 40, steps: int = 128, batch: int = 256) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(steps * batch, 256)).astype("float32")
     y = rng.integers(0, 10, size=(steps * batch,))

@@ -20,7 +20,7 @@ resident memory.
     python benchmarks/bench_step.py --models mlp --spe 1 --rounds 15
     python benchmarks/bench_step.py --variants keras,kc,kc_propagate --no-memory
     python benchmarks/bench_step.py --tiny                # smoke test, < 60 s
-    python benchmarks/bench_step.py --backend jax         # ClipByGlobalNorm vs plain Keras on JAX (or torch)
+    python benchmarks/bench_step.py --backend jax         # ClipByGlobalNorm vs plain Keras on JAX (or torch), 40 epochs
     python benchmarks/bench_step.py --backend jax --compiled --rounds 250   # the compiled step alone, 250 chunks
 """
 
@@ -53,7 +53,7 @@ if "--backend" in sys.argv[:-1] and sys.argv[sys.argv.index("--backend") + 1] !=
         chunks = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 250
         _bench_backend.compiled_main(chunks=chunks)
     else:
-        rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 9
+        rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv[:-1] else 40
         _bench_backend.main(rounds=rounds)
     sys.exit(0)
 
