@@ -250,8 +250,8 @@ def l2_norms(grads: Sequence[Gradient]) -> tuple[list[Tensor], Tensor]:
     ~1.8e19, to change the norm), and combine the norms without squaring them
     again. So the usual step pays one scalar test (XLA runs only the branch
     taken), and the branch it skips holds one reduction per gradient and no
-    full-size temporary (on XLA:CPU even an untaken branch costs in
-    proportion to those: see the Backends page). A gradient holding an `inf`
+    full-size temporary (on XLA:CPU the untaken conditional still costs about
+    half a percent of a step: see the Backends page). A gradient holding an `inf`
     still has norm `inf`, and one holding a NaN norm NaN.
 
     Args:
